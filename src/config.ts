@@ -1,0 +1,194 @@
+// Settings: what each one means, how it is parsed, and where it comes from
+// (flag > environment variable > database setting pg_net.* > default).
+
+import { PgnetError } from "./errors.ts";
+
+export interface WorkerSettings {
+  /** rows claimed per query (pg_net.batch_size); also the TTL deletion batch */
+  batchSize: number;
+  /** responses older than this are deleted (pg_net.ttl) */
+  ttlSeconds: number;
+  /** requests in flight at once, across all targets */
+  concurrency: number;
+  /** backstop poll for work when no NOTIFY arrives */
+  pollIntervalMs: number;
+  /** a claimed request belongs to this worker for this long; renewed while in flight */
+  leaseMs: number;
+  /** on shutdown, how long in-flight requests may still run */
+  shutdownTimeoutMs: number;
+  /** response bodies over this many bytes become an error row */
+  maxResponseBytes: number;
+}
+
+export type SettingKey = keyof WorkerSettings;
+export type Source = "flag" | "env" | "database" | "default";
+
+interface Spec {
+  key: SettingKey;
+  flag: string;
+  env: string;
+  /** the pg_net.* setting read with current_setting(name, true), if any */
+  database?: string;
+  default: string;
+  help: string;
+  parse(text: string): number;
+}
+
+const MAX_INT = 2_147_483_647;
+
+function integer(min: number, max: number) {
+  return (text: string): number => {
+    const value = /^\s*-?\d+\s*$/.test(text) ? Number(text) : NaN;
+    if (!Number.isSafeInteger(value) || value < min || value > max) {
+      throw new RangeError(`expected an integer from ${min} to ${max}`);
+    }
+    return value;
+  };
+}
+
+const UNITS: Record<string, number> = {
+  ms: 1, msec: 1, msecs: 1, millisecond: 1, milliseconds: 1,
+  s: 1000, sec: 1000, secs: 1000, second: 1000, seconds: 1000,
+  m: 60_000, min: 60_000, mins: 60_000, minute: 60_000, minutes: 60_000,
+  h: 3_600_000, hr: 3_600_000, hrs: 3_600_000, hour: 3_600_000, hours: 3_600_000,
+  d: 86_400_000, day: 86_400_000, days: 86_400_000,
+  w: 604_800_000, week: 604_800_000, weeks: 604_800_000,
+};
+
+/**
+ * Parses "500ms", "5s", "6 hours", "1h 30min" into milliseconds. A bare number is in `bareUnit`
+ * (seconds for the TTL, as PostgreSQL reads '3600'::interval; milliseconds elsewhere).
+ */
+export function parseDuration(text: string, bareUnit: "ms" | "s"): number {
+  const trimmed = text.trim().toLowerCase();
+  if (/^\d+(\.\d+)?$/.test(trimmed)) return Number(trimmed) * (bareUnit === "s" ? 1000 : 1);
+  const part = /(\d+(?:\.\d+)?)\s*([a-z]+)\s*/gy;
+  let total = 0;
+  let matched = 0;
+  for (let m = part.exec(trimmed); m; m = part.exec(trimmed)) {
+    const unit = UNITS[m[2]!];
+    if (unit === undefined) break;
+    total += Number(m[1]) * unit;
+    matched = part.lastIndex;
+  }
+  if (trimmed === "" || matched !== trimmed.length) {
+    throw new RangeError('expected a duration such as "500ms", "30s", "5 minutes" or "6 hours"');
+  }
+  return total;
+}
+
+function duration(bareUnit: "ms" | "s", minMs: number, maxMs: number, divisor: number) {
+  return (text: string): number => {
+    const ms = parseDuration(text, bareUnit);
+    if (ms < minMs || ms > maxMs) {
+      throw new RangeError(`expected a duration from ${minMs} ms to ${maxMs} ms`);
+    }
+    return ms / divisor;
+  };
+}
+
+function bytes(text: string): number {
+  const m = /^\s*(\d+)\s*(b|kb|kib|mb|mib|gb|gib)?\s*$/i.exec(text);
+  const scale: Record<string, number> = { b: 1, kb: 1e3, kib: 1024, mb: 1e6, mib: 1048576, gb: 1e9, gib: 1073741824 };
+  const value = m ? Number(m[1]) * scale[(m[2] ?? "b").toLowerCase()]! : NaN;
+  // a stored body is a PostgreSQL text value, which holds at most 1 GB
+  if (!Number.isSafeInteger(value) || value < 1 || value > 1_000_000_000) {
+    throw new RangeError('expected a size from 1 byte to 1GB, such as "64MiB"');
+  }
+  return value;
+}
+
+export const SETTINGS: readonly Spec[] = [
+  {
+    key: "batchSize", flag: "batch-size", env: "PGNET_BATCH_SIZE", database: "pg_net.batch_size", default: "200",
+    help: "rows claimed per query, and responses deleted per TTL pass", parse: integer(1, 32767),
+  },
+  {
+    key: "ttlSeconds", flag: "ttl", env: "PGNET_TTL", database: "pg_net.ttl", default: "6 hours",
+    help: "how long responses are kept", parse: duration("s", 1000, 100 * 365 * 86_400_000, 1000),
+  },
+  {
+    key: "concurrency", flag: "concurrency", env: "PGNET_CONCURRENCY", default: "256",
+    help: "requests in flight at once", parse: integer(1, 65535),
+  },
+  {
+    key: "pollIntervalMs", flag: "poll-interval", env: "PGNET_POLL_INTERVAL", default: "5s",
+    help: "backstop poll when no notification arrives", parse: duration("ms", 10, 86_400_000, 1),
+  },
+  {
+    key: "leaseMs", flag: "lease", env: "PGNET_LEASE", default: "60s",
+    help: "how long a claimed request stays with this worker without renewal", parse: duration("ms", 1000, 86_400_000, 1),
+  },
+  {
+    key: "shutdownTimeoutMs", flag: "shutdown-timeout", env: "PGNET_SHUTDOWN_TIMEOUT", default: "30s",
+    help: "on shutdown, how long in-flight requests may finish", parse: duration("ms", 0, MAX_INT, 1),
+  },
+  {
+    key: "maxResponseBytes", flag: "max-response-size", env: "PGNET_MAX_RESPONSE_SIZE", default: "64MiB",
+    help: "larger response bodies are stored as an error", parse: bytes,
+  },
+];
+
+export type SettingValues = Partial<Record<SettingKey, string>>;
+
+export interface ResolvedSettings {
+  settings: WorkerSettings;
+  sources: Record<SettingKey, Source>;
+}
+
+export interface SettingsInput {
+  /** values given as flags, keyed by setting */
+  flags?: SettingValues;
+  /** the process environment */
+  env?: Record<string, string | undefined>;
+  /** raw pg_net.* values read from the database (NULL and '' mean unset) */
+  database?: Record<string, string | null | undefined>;
+  /** told about a database value that does not parse; the default is used instead */
+  onInvalidDatabaseValue?: (name: string, value: string, reason: string, fallback: string) => void;
+}
+
+/**
+ * Applies the precedence. A bad flag or environment value throws (the operator typed it: refuse to start);
+ * a bad database value is reported and replaced by the default (a worker must never crash-loop on it).
+ */
+export function resolveSettings(input: SettingsInput): ResolvedSettings {
+  const settings = {} as WorkerSettings;
+  const sources = {} as Record<SettingKey, Source>;
+  for (const spec of SETTINGS) {
+    const flag = input.flags?.[spec.key];
+    const env = input.env?.[spec.env];
+    const db = spec.database ? input.database?.[spec.database] : undefined;
+    let value: number | undefined;
+    if (flag !== undefined) {
+      value = parseOrThrow(spec, flag, `--${spec.flag}`);
+      sources[spec.key] = "flag";
+    } else if (env !== undefined && env !== "") {
+      value = parseOrThrow(spec, env, spec.env);
+      sources[spec.key] = "env";
+    } else if (db !== undefined && db !== null && db.trim() !== "") {
+      try {
+        value = spec.parse(db);
+        sources[spec.key] = "database";
+      } catch (error) {
+        input.onInvalidDatabaseValue?.(spec.database!, db, (error as Error).message, spec.default);
+      }
+    }
+    if (value === undefined) {
+      value = spec.parse(spec.default);
+      sources[spec.key] = "default";
+    }
+    settings[spec.key] = value;
+  }
+  return { settings, sources };
+}
+
+function parseOrThrow(spec: Spec, text: string, name: string): number {
+  try {
+    return spec.parse(text);
+  } catch (error) {
+    throw new PgnetError("INVALID_SETTING", `Invalid ${name}: ${(error as Error).message}, got ${JSON.stringify(text)}`);
+  }
+}
+
+/** The pg_net.* names read from the database. */
+export const DATABASE_SETTINGS = SETTINGS.flatMap((s) => (s.database ? [s.database] : []));

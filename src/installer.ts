@@ -1,0 +1,105 @@
+// Installs the SQL API: applies sql/ files in order, each in its own transaction, under an advisory lock.
+
+import { PgnetError } from "./errors.ts";
+import type { Sql } from "./db.ts";
+import { LATEST_VERSION, MIGRATIONS } from "./migrations.ts";
+import { VERSION } from "./version.ts";
+
+// pg_advisory_xact_lock key: hashtext('pgnet.install'), fixed so every pgnet version takes the same lock
+const LOCK_KEY = 1_722_184_191;
+
+export interface InstallResult {
+  /** versions applied by this call (empty: already installed, possibly by a concurrent installer) */
+  applied: number[];
+  version: number;
+}
+
+/** Installs or upgrades schema net. Idempotent and safe to run from several processes at once. */
+export async function install(sql: Sql): Promise<InstallResult> {
+  const applied: number[] = [];
+  for (const migration of MIGRATIONS) {
+    await sql.begin(async (tx) => {
+      await tx`select pg_advisory_xact_lock(${LOCK_KEY})`;
+      const installed = await bootstrap(tx as unknown as Sql);
+      if (installed >= migration.version) return;
+      await tx.unsafe(migration.text);
+      await tx`
+        insert into net._pgnet_migrations (version, name, pgnet_version)
+        values (${migration.version}, ${migration.name}, ${VERSION})
+      `;
+      applied.push(migration.version);
+    });
+  }
+  return { applied, version: LATEST_VERSION };
+}
+
+/** The installed version: 0 when schema net is absent. */
+export async function installedVersion(sql: Sql): Promise<number> {
+  const [row] = await sql`
+    select case when to_regclass('net._pgnet_migrations') is null then 0
+                else (select coalesce(max(version), 0) from net._pgnet_migrations) end as version
+  `;
+  return Number(row!.version);
+}
+
+/** Removes schema net and everything in it (queued requests and stored responses too). */
+export async function uninstall(sql: Sql): Promise<boolean> {
+  return await sql.begin(async (tx) => {
+    await tx`select pg_advisory_xact_lock(${LOCK_KEY})`;
+    const [row] = await tx`select to_regclass('net._pgnet_migrations') is not null as ours,
+                                  to_regnamespace('net') is not null as present`;
+    if (!row!.present) return false;
+    if (!row!.ours) {
+      throw new PgnetError(
+        "NOT_PGNET_SCHEMA",
+        'Schema "net" was not installed by pgnet (no net._pgnet_migrations); refusing to drop it',
+      );
+    }
+    await tx`drop schema net cascade`;
+    return true;
+  });
+}
+
+/** Checks what is in the database, creates the bookkeeping table, returns the installed version. */
+async function bootstrap(tx: Sql): Promise<number> {
+  const [state] = await tx`
+    select exists (select 1 from pg_extension where extname = 'pg_net') as pg_net,
+           to_regnamespace('net') is not null as schema,
+           to_regclass('net._pgnet_migrations') is not null as ours
+  `;
+  if (state!.pg_net) {
+    throw new PgnetError(
+      "PG_NET_INSTALLED",
+      "The pg_net extension is installed in this database; pgnet provides the same schema net. " +
+        "Drop it first (DROP EXTENSION pg_net), or point pgnet at another database",
+    );
+  }
+  if (state!.schema && !state!.ours) {
+    throw new PgnetError(
+      "SCHEMA_IN_USE",
+      'Schema "net" already exists and was not created by pgnet; rename or drop it, or use another database',
+    );
+  }
+  if (!state!.ours) {
+    await tx`create schema if not exists net`;
+    await tx`
+      create table net._pgnet_migrations (
+        version int primary key,
+        name text not null,
+        pgnet_version text not null,
+        installed_at timestamptz not null default now()
+      )
+    `;
+    return 0;
+  }
+  const [row] = await tx`select coalesce(max(version), 0) as version from net._pgnet_migrations`;
+  const version = Number(row!.version);
+  if (version > LATEST_VERSION) {
+    throw new PgnetError(
+      "DATABASE_NEWER",
+      `This database has pgnet's SQL API version ${version}, newer than this pgnet ${VERSION} knows ` +
+        `(version ${LATEST_VERSION}); run a newer pgnet`,
+    );
+  }
+  return version;
+}

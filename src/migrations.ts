@@ -1,0 +1,15 @@
+// The SQL API files, embedded in the program in order. Append-only: a released file is never edited.
+
+import netApi from "../sql/0001_net_api.sql" with { type: "text" };
+
+export interface Migration {
+  version: number;
+  name: string;
+  text: string;
+}
+
+export const MIGRATIONS: readonly Migration[] = [
+  { version: 1, name: "0001_net_api", text: netApi },
+];
+
+export const LATEST_VERSION = MIGRATIONS[MIGRATIONS.length - 1]!.version;

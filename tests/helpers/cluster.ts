@@ -1,0 +1,100 @@
+// One real PostgreSQL cluster per test run, one database per test file, cloned from a template that has
+// the SQL API installed.
+
+import { chmodSync, mkdtempSync, rmSync } from "node:fs";
+import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import postgres from "postgres";
+import { connect, type Sql } from "../../src/db.ts";
+import { EmbeddedPostgres } from "../../src/embedded.ts";
+import { install } from "../../src/installer.ts";
+
+const TEMPLATE = "pgnet_template";
+
+interface Cluster {
+  pg: EmbeddedPostgres;
+  root: string;
+  admin: Sql;
+}
+
+let started: Promise<Cluster> | undefined;
+let counter = 0;
+
+/** A free TCP port on 127.0.0.1 (asks the kernel for one, then releases it). */
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.once("error", reject);
+    server.listen(0, "127.0.0.1", () => {
+      const { port } = server.address() as { port: number };
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+async function startCluster(): Promise<Cluster> {
+  const root = mkdtempSync(join(tmpdir(), "pgnet-test-"));
+  chmodSync(root, 0o755); // the server runs as another account when tests run as root
+  const pg = new EmbeddedPostgres({
+    dataDir: join(root, "data"),
+    port: await freePort(),
+    // tests value speed over durability against OS crashes; PostgreSQL crashes are still recovered from WAL
+    settings: { fsync: "off", synchronous_commit: "off", full_page_writes: "off", max_connections: "300" },
+  });
+  pg.initialise();
+  pg.start();
+  const admin = connect({ url: pg.url() }, { max: 2 });
+  await admin.unsafe(`create database ${TEMPLATE}`);
+  const template = connect({ url: pg.url(TEMPLATE) }, { max: 1 });
+  await install(template);
+  await template.end();
+  return { pg, root, admin };
+}
+
+export function cluster(): Promise<Cluster> {
+  started ??= startCluster();
+  return started;
+}
+
+export interface TestDatabase {
+  name: string;
+  url: string;
+  /** a superuser connection to the database */
+  sql: Sql;
+  pg: EmbeddedPostgres;
+  drop(): Promise<void>;
+}
+
+/** A fresh database with the SQL API installed. */
+export async function createDatabase(options: { installed?: boolean } = {}): Promise<TestDatabase> {
+  const { pg, admin } = await cluster();
+  const name = `test_${process.pid}_${++counter}`;
+  await admin.unsafe(`create database ${name}${options.installed === false ? "" : ` template ${TEMPLATE}`}`);
+  const url = pg.url(name);
+  const sql = connect({ url }, { max: 4 });
+  return {
+    name,
+    url,
+    sql,
+    pg,
+    async drop() {
+      await sql.end({ timeout: 1 });
+      await admin.unsafe(`drop database if exists ${name} with (force)`);
+    },
+  };
+}
+
+/** A raw postgres.js client, for tests that need options connect() sets differently. */
+export function rawClient(url: string, options: postgres.Options<Record<string, never>> = {}) {
+  return postgres(url, { onnotice: () => {}, ...options });
+}
+
+export async function stopCluster(): Promise<void> {
+  if (!started) return;
+  const { pg, root, admin } = await started;
+  started = undefined;
+  await admin.end({ timeout: 1 });
+  pg.stop("immediate");
+  rmSync(root, { recursive: true, force: true });
+}

@@ -1,0 +1,48 @@
+// Starting a worker against a test database, and waiting for what it writes.
+
+import type { SettingValues } from "../../src/config.ts";
+import type { Sql } from "../../src/db.ts";
+import { createLogger, type Logger } from "../../src/log.ts";
+import { Worker } from "../../src/worker.ts";
+
+/** A logger that keeps its lines, so tests can assert on them. */
+export function memoryLogger(): Logger & { lines: string[] } {
+  const lines: string[] = [];
+  return Object.assign(createLogger({ level: "debug", format: "text", write: (line) => lines.push(line) }), { lines });
+}
+
+export async function startWorker(url: string, flags: SettingValues = {}, logger: Logger = memoryLogger()) {
+  const worker = new Worker({ target: { url }, logger, flags: { pollIntervalMs: "200ms", ...flags } });
+  await worker.start();
+  return worker;
+}
+
+/** Polls `check` every 20 ms until it returns something truthy, or fails after `timeoutMs`. */
+export async function waitFor<T>(check: () => Promise<T> | T, timeoutMs = 10_000, what = "condition"): Promise<NonNullable<T>> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await check();
+    if (value) return value as NonNullable<T>;
+    if (Date.now() > deadline) throw new Error(`Timed out after ${timeoutMs} ms waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+export interface ResponseRow {
+  id: string;
+  status_code: number | null;
+  content_type: string | null;
+  headers: Record<string, string> | null;
+  content: string | null;
+  timed_out: boolean | null;
+  error_msg: string | null;
+  created: Date;
+}
+
+/** Waits until the response row for `id` exists and returns it. */
+export async function responseFor(sql: Sql, id: string | number, timeoutMs = 10_000): Promise<ResponseRow> {
+  return await waitFor(async () => {
+    const [row] = await sql<ResponseRow[]>`select * from net._http_response where id = ${id}`;
+    return row;
+  }, timeoutMs, `the response to request ${id}`);
+}
