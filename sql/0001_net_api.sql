@@ -239,7 +239,7 @@ begin
           kept := kept[1:cardinality(kept) - 1];
         end if;
         if i = array_length(segments, 1) then
-          kept := kept || '';
+          kept := kept || ''::text;
         end if;
       else
         kept := kept || segment;

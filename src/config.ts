@@ -21,11 +21,14 @@ export interface WorkerSettings {
 }
 
 export type SettingKey = keyof WorkerSettings;
+/** command-line names, also the keys of SettingValues */
+export type SettingFlag =
+  | "batch-size" | "ttl" | "concurrency" | "poll-interval" | "lease" | "shutdown-timeout" | "max-response-size";
 export type Source = "flag" | "env" | "database" | "default";
 
 interface Spec {
   key: SettingKey;
-  flag: string;
+  flag: SettingFlag;
   env: string;
   /** the pg_net.* setting read with current_setting(name, true), if any */
   database?: string;
@@ -129,7 +132,8 @@ export const SETTINGS: readonly Spec[] = [
   },
 ];
 
-export type SettingValues = Partial<Record<SettingKey, string>>;
+/** raw values keyed by flag name, e.g. { "batch-size": "500", ttl: "1 hour" } */
+export type SettingValues = Partial<Record<SettingFlag, string>>;
 
 export interface ResolvedSettings {
   settings: WorkerSettings;
@@ -137,7 +141,7 @@ export interface ResolvedSettings {
 }
 
 export interface SettingsInput {
-  /** values given as flags, keyed by setting */
+  /** values given as flags */
   flags?: SettingValues;
   /** the process environment */
   env?: Record<string, string | undefined>;
@@ -155,7 +159,7 @@ export function resolveSettings(input: SettingsInput): ResolvedSettings {
   const settings = {} as WorkerSettings;
   const sources = {} as Record<SettingKey, Source>;
   for (const spec of SETTINGS) {
-    const flag = input.flags?.[spec.key];
+    const flag = input.flags?.[spec.flag];
     const env = input.env?.[spec.env];
     const db = spec.database ? input.database?.[spec.database] : undefined;
     let value: number | undefined;

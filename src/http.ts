@@ -1,5 +1,6 @@
 // The HTTP client layer: one queued request in, one pg_net-shaped response row out. Never throws.
 
+import { Buffer } from "node:buffer";
 import { lookup } from "node:dns/promises";
 import { isIP } from "node:net";
 import { errorCode } from "./errors.ts";
@@ -163,11 +164,16 @@ function buildHeaders(request: HttpRequest): Headers {
     if (BAD_VALUE.test(value)) {
       throw new RequestError(`Invalid value for header ${JSON.stringify(name)}: CR, LF and NUL are not allowed`);
     }
-    headers.append(name, value);
+    headers.append(name, byteString(value));
   }
   if (!headers.has("user-agent")) headers.set("User-Agent", USER_AGENT);
   headers.set(REQUEST_ID_HEADER, request.id);
   return headers;
+}
+
+/** fetch sends one byte per character of a header value: pass UTF-8 bytes, as pg_net's libcurl sends them. */
+function byteString(value: string): string {
+  return /^[\x00-\x7f]*$/.test(value) ? value : Buffer.from(value, "utf8").toString("latin1");
 }
 
 /** Resolves a host name before fetch so DNS failures and DNS time are known (fetch hides both). */

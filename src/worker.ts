@@ -77,6 +77,7 @@ export class Worker {
   #failures = 0;
   #timers = new Set<ReturnType<typeof setTimeout>>();
   #stopping: Promise<void> | null = null;
+  #restarting: Promise<void> | null = null;
   #counters = { succeeded: 0, failed: 0, timedOut: 0, claimed: 0 };
   #lastProgressAt = Date.now();
   #lastError: WorkerStatus["lastError"] = null;
@@ -107,11 +108,19 @@ export class Worker {
     this.#kick();
   }
 
-  /** Re-reads settings and replaces both connections. In-flight requests carry on. */
-  async restart(): Promise<void> {
-    if (this.#stopping) return;
+  /** Re-reads settings and replaces both connections. In-flight requests carry on. One restart at a time. */
+  restart(): Promise<void> {
+    if (this.#stopping) return Promise.resolve();
+    this.#restarting ??= this.#reconnect().finally(() => {
+      this.#restarting = null;
+    });
+    return this.#restarting;
+  }
+
+  async #reconnect(): Promise<void> {
     this.#log.info("worker restarting");
     await this.#loadSettings();
+    if (this.#stopping) return; // shutdown closes the current connections
     const old = [this.#sql, this.#listener];
     this.#listening = false;
     await this.#openConnections();
@@ -379,6 +388,7 @@ export class Worker {
     while (this.#inFlight.size > 0 && Date.now() < deadline) {
       await new Promise((r) => setTimeout(r, Math.min(20, deadline - Date.now())));
     }
+    await this.#restarting?.catch(() => {}); // so no connection it opens outlives the shutdown
     const unfinished = [...this.#inFlight];
     this.#inFlight.clear();
     await this.#writing;

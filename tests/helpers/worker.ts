@@ -12,7 +12,7 @@ export function memoryLogger(): Logger & { lines: string[] } {
 }
 
 export async function startWorker(url: string, flags: SettingValues = {}, logger: Logger = memoryLogger()) {
-  const worker = new Worker({ target: { url }, logger, flags: { pollIntervalMs: "200ms", ...flags } });
+  const worker = new Worker({ target: { url }, logger, flags: { "poll-interval": "200ms", ...flags } });
   await worker.start();
   return worker;
 }
