@@ -70,8 +70,13 @@ export class EmbeddedPostgres {
     this.#settings = options.settings ?? {};
   }
 
+  /** the superuser's password, generated at initialise() and kept beside the data directory (mode 0600) */
+  get passwordFile(): string {
+    return join(dirname(this.dataDir), PASSWORD_FILE);
+  }
+
   get password(): string {
-    return readFileSync(join(dirname(this.dataDir), PASSWORD_FILE), "utf8").trim();
+    return readFileSync(this.passwordFile, "utf8").trim();
   }
 
   /** postgres:// URL of a database on this cluster. */
@@ -85,10 +90,11 @@ export class EmbeddedPostgres {
     const parent = dirname(this.dataDir);
     mkdirSync(parent, { recursive: true });
     mkdirSync(this.dataDir, { recursive: true, mode: 0o700 });
-    const passwordFile = join(parent, PASSWORD_FILE);
+    const passwordFile = this.passwordFile;
     if (!existsSync(passwordFile)) writeFileSync(passwordFile, randomBytes(18).toString("base64url") + "\n", { mode: 0o600 });
     this.#own(this.dataDir);
     this.#own(passwordFile);
+    this.#checkReachable();
     this.#run(join(this.#bin, "initdb"), [
       `--pgdata=${this.dataDir}`,
       `--username=${this.user}`,
@@ -130,6 +136,19 @@ export class EmbeddedPostgres {
   pid(): number | undefined {
     const file = join(this.dataDir, "postmaster.pid");
     return existsSync(file) ? Number(readFileSync(file, "utf8").split("\n")[0]) : undefined;
+  }
+
+  /** As root, the server runs as another account: it must be able to reach the data directory. */
+  #checkReachable(): void {
+    if (!this.#account) return;
+    const probe = spawnSync("test", ["-w", this.dataDir], { ...this.#account });
+    if (probe.status !== 0) {
+      throw new PgnetError(
+        "DATA_DIR_UNREACHABLE",
+        `The embedded PostgreSQL runs as uid ${this.#account.uid} (it refuses to run as root) and cannot reach ` +
+          `${this.dataDir}: choose a --data-dir whose parent directories it can enter, such as /var/lib/pgnet`,
+      );
+    }
   }
 
   #own(path: string): void {

@@ -42,6 +42,18 @@ export async function installedVersion(sql: Sql): Promise<number> {
   return Number(row!.version);
 }
 
+/**
+ * Makes the queue and response tables unlogged: pg_net's mode, faster to write, emptied by a crash and not
+ * replicated. `ALTER TABLE net.http_request_queue, net._http_response SET LOGGED` (one by one) undoes it.
+ */
+export async function setUnlogged(sql: Sql): Promise<void> {
+  await sql.begin(async (tx) => {
+    await tx`select pg_advisory_xact_lock(${LOCK_KEY})`;
+    await tx`alter table net.http_request_queue set unlogged`;
+    await tx`alter table net._http_response set unlogged`;
+  });
+}
+
 /** Removes schema net and everything in it (queued requests and stored responses too). */
 export async function uninstall(sql: Sql): Promise<boolean> {
   return await sql.begin(async (tx) => {

@@ -63,6 +63,8 @@ export interface TestDatabase {
   /** a superuser connection to the database */
   sql: Sql;
   pg: EmbeddedPostgres;
+  /** replaces `sql` with a new pool, e.g. after the server restarted under it */
+  reconnect(): Promise<void>;
   drop(): Promise<void>;
 }
 
@@ -72,17 +74,21 @@ export async function createDatabase(options: { installed?: boolean } = {}): Pro
   const name = `test_${process.pid}_${++counter}`;
   await admin.unsafe(`create database ${name}${options.installed === false ? "" : ` template ${TEMPLATE}`}`);
   const url = pg.url(name);
-  const sql = connect({ url }, { max: 4 });
-  return {
+  const db: TestDatabase = {
     name,
     url,
-    sql,
+    sql: connect({ url }, { max: 4 }),
     pg,
+    async reconnect() {
+      await db.sql.end({ timeout: 1 }).catch(() => {});
+      db.sql = connect({ url }, { max: 4 });
+    },
     async drop() {
-      await sql.end({ timeout: 1 });
-      await admin.unsafe(`drop database if exists ${name} with (force)`);
+      await db.sql.end({ timeout: 1 });
+      await (await cluster()).admin.unsafe(`drop database if exists ${name} with (force)`);
     },
   };
+  return db;
 }
 
 /** A raw postgres.js client, for tests that need options connect() sets differently. */

@@ -1,0 +1,170 @@
+#!/usr/bin/env bun
+// pgnet's entry point: parse the command line, build the parts, wire the signals.
+
+import { join } from "node:path";
+import { type CliOptions, parseCli, usage } from "./src/cli.ts";
+import { resolveSettings } from "./src/config.ts";
+import { connect, describe, resolveTarget, type Sql, type Target } from "./src/db.ts";
+import { EmbeddedPostgres } from "./src/embedded.ts";
+import { coerceError, PgnetError } from "./src/errors.ts";
+import { install, installedVersion, setUnlogged, uninstall } from "./src/installer.ts";
+import { createLogger, type Logger } from "./src/log.ts";
+import { serve } from "./src/runtime.ts";
+import { createStatusApp } from "./src/status.ts";
+import { PG_NET_API_VERSION, VERSION } from "./src/version.ts";
+import { Worker } from "./src/worker.ts";
+
+const USAGE_ERRORS = new Set(["INVALID_ARGUMENT", "INVALID_SETTING", "STATUS_TOKEN_REQUIRED", "CONFIRMATION_REQUIRED"]);
+
+/** Where to connect: the database given, or an embedded PostgreSQL started (and kept) in --data-dir. */
+async function openTarget(options: CliOptions, log: Logger): Promise<{ target: Target; close(): void }> {
+  const given = resolveTarget(options.database, process.env);
+  if (given) return { target: given, close() {} };
+  const pg = new EmbeddedPostgres({ dataDir: join(options.dataDir, "postgres"), port: options.embeddedPort });
+  if (pg.initialise()) log.info("created an embedded PostgreSQL cluster", { dataDir: pg.dataDir });
+  const started = !pg.running();
+  if (started) pg.start();
+  log.info("embedded PostgreSQL is up; connect with:", {
+    psql: `PGPASSWORD=$(cat ${pg.passwordFile}) psql -h 127.0.0.1 -p ${pg.port} -U ${pg.user} postgres`,
+  });
+  return { target: { url: pg.url() }, close: () => started && pg.stop("fast") };
+}
+
+async function withSql<T>(target: Target, fn: (sql: Sql) => Promise<T>): Promise<T> {
+  const sql = connect(target, { max: 2, connect_timeout: 10 });
+  try {
+    return await fn(sql);
+  } finally {
+    await sql.end({ timeout: 2 });
+  }
+}
+
+async function installCommand(sql: Sql, options: CliOptions, log: Logger): Promise<void> {
+  const result = await install(sql);
+  if (result.applied.length > 0) log.info("installed schema net", { version: result.version, applied: result.applied });
+  else log.info("schema net is up to date", { version: result.version });
+  if (options.unlogged) {
+    await setUnlogged(sql);
+    log.info("queue and response tables are unlogged: faster, and emptied by a PostgreSQL crash");
+  }
+}
+
+async function statusCommand(sql: Sql): Promise<void> {
+  const version = await installedVersion(sql);
+  const report: Record<string, unknown> = { pgnet: VERSION, database: describe(sql), installedVersion: version };
+  if (version > 0) {
+    const [queue] = await sql`
+      select count(*)::int as queued, count(claimed_by)::int as claimed, min(enqueued_at) as oldest
+        from net.http_request_queue
+    `;
+    const [responses] = await sql`select count(*)::int as stored from net._http_response`;
+    const workers = await sql`
+      select pid, application_name, client_addr::text, backend_start from pg_stat_activity
+       where datname = current_database() and application_name like 'pgnet % worker'
+    `;
+    Object.assign(report, { queue, responses, workers });
+  }
+  console.log(JSON.stringify(report, null, 2));
+}
+
+async function runCommand(target: Target, options: CliOptions, log: Logger, onStop: () => void): Promise<number> {
+  await withSql(target, (sql) => installCommand(sql, options, log));
+  const worker = new Worker({ target, logger: log, flags: options.settings, env: process.env });
+  await worker.start();
+
+  const monitor = connect(target, { max: 1, idle_timeout: 30, connect_timeout: 5 });
+  let server: Awaited<ReturnType<typeof serve>> | undefined;
+  if (options.statusPort !== undefined) {
+    const app = createStatusApp({
+      worker,
+      database: describe(monitor),
+      ...(options.statusToken ? { token: options.statusToken } : {}),
+      async queueDepth() {
+        const [row] = await monitor`select count(*)::int as n from net.http_request_queue`;
+        return row!.n as number;
+      },
+    });
+    server = await serve(app.fetch, { hostname: options.statusHost, port: options.statusPort });
+    const host = options.statusHost.includes(":") ? `[${options.statusHost}]` : options.statusHost;
+    log.info("status server listening", { url: `http://${host}:${server.port}/` });
+  }
+
+  return await new Promise<number>((resolve) => {
+    let stopping = false;
+    const stop = (signal: string) => {
+      if (stopping) {
+        log.warn("second signal: exiting now", { signal });
+        process.exit(1);
+      }
+      stopping = true;
+      log.info("stopping", { signal, inFlight: worker.status().inFlight });
+      void (async () => {
+        await worker.stop();
+        await server?.stop();
+        await monitor.end({ timeout: 2 }).catch(() => {});
+        onStop();
+        resolve(0);
+      })();
+    };
+    process.on("SIGTERM", () => stop("SIGTERM"));
+    process.on("SIGINT", () => stop("SIGINT"));
+    process.on("SIGHUP", () => {
+      worker.reload().catch((error) => log.error("reload failed", { error: coerceError(error) }));
+    });
+  });
+}
+
+async function main(options: CliOptions, log: Logger): Promise<number> {
+  if (options.command === "help") {
+    process.stdout.write(usage());
+    return 0;
+  }
+  if (options.command === "version") {
+    console.log(`pgnet ${VERSION} (pg_net ${PG_NET_API_VERSION} SQL API)`);
+    return 0;
+  }
+  if (options.command === "uninstall" && !options.yes) {
+    throw new PgnetError(
+      "CONFIRMATION_REQUIRED",
+      "uninstall drops schema net with every queued request and stored response: run it again with --yes",
+    );
+  }
+  // bad PGNET_* values stop us here, before anything connects
+  resolveSettings({ flags: options.settings, env: process.env });
+
+  const { target, close } = await openTarget(options, log);
+  if (options.command === "run") return await runCommand(target, options, log, close);
+  try {
+    await withSql(target, async (sql) => {
+      if (options.command === "install") await installCommand(sql, options, log);
+      else if (options.command === "status") await statusCommand(sql);
+      else if (await uninstall(sql)) log.info("dropped schema net");
+      else log.info("schema net is not installed: nothing to drop");
+    });
+    return 0;
+  } finally {
+    close();
+  }
+}
+
+let options: CliOptions;
+try {
+  options = parseCli(process.argv.slice(2), process.env);
+} catch (error) {
+  console.error(`pgnet: ${coerceError(error).message}`);
+  process.exit(2);
+}
+const log = createLogger({ level: options.logLevel, format: options.logFormat });
+main(options, log).then(
+  (code) => process.exit(code),
+  (error) => {
+    const e = coerceError(error);
+    const code = error instanceof PgnetError ? error.code : undefined;
+    if (code && USAGE_ERRORS.has(code)) {
+      console.error(`pgnet: ${e.message}`);
+      process.exit(2);
+    }
+    log.error(e.message, { code: code ?? (error as { code?: string }).code });
+    process.exit(1);
+  },
+);

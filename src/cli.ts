@@ -1,0 +1,169 @@
+// The command line: commands, flags, environment variables and --help. Parsing only; main.ts acts on it.
+
+import { parseArgs } from "node:util";
+import { SETTINGS, type SettingFlag, type SettingValues } from "./config.ts";
+import { PgnetError } from "./errors.ts";
+import { LOG_FORMATS, LOG_LEVELS, type LogFormat, type LogLevel } from "./log.ts";
+import { PG_NET_API_VERSION, VERSION } from "./version.ts";
+
+export type Command = "run" | "install" | "uninstall" | "status" | "help" | "version";
+const COMMANDS: readonly Command[] = ["run", "install", "uninstall", "status", "help", "version"];
+
+export interface CliOptions {
+  command: Command;
+  /** --database: a name or a postgres:// URL */
+  database?: string;
+  dataDir: string;
+  embeddedPort: number;
+  settings: SettingValues;
+  logLevel: LogLevel;
+  logFormat: LogFormat;
+  statusHost: string;
+  /** undefined: no status server */
+  statusPort?: number;
+  statusToken?: string;
+  unlogged: boolean;
+  yes: boolean;
+}
+
+interface OptionSpec {
+  env?: string;
+  default?: string;
+  help: string;
+  type: "string" | "boolean";
+  short?: string;
+}
+
+const OPTIONS: Record<string, OptionSpec> = {
+  database: { type: "string", short: "d", env: "DATABASE_URL", help: "database name or postgres:// URL (also PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE)" },
+  "data-dir": { type: "string", env: "PGNET_DATA_DIR", default: "./pgnet-data", help: "embedded PostgreSQL's directory, used when no database is given" },
+  "embedded-port": { type: "string", env: "PGNET_EMBEDDED_PORT", default: "54329", help: "embedded PostgreSQL's port on 127.0.0.1" },
+  ...Object.fromEntries(SETTINGS.map((s) => [s.flag, { type: "string", env: s.env, default: s.default, help: s.help + (s.database ? ` (database: ${s.database})` : "") }])),
+  "log-level": { type: "string", env: "PGNET_LOG_LEVEL", default: "info", help: LOG_LEVELS.join(", ") },
+  "log-format": { type: "string", env: "PGNET_LOG_FORMAT", default: "text", help: "text or json (one JSON object a line)" },
+  "status-host": { type: "string", env: "PGNET_STATUS_HOST", default: "127.0.0.1", help: "status server address" },
+  "status-port": { type: "string", env: "PGNET_STATUS_PORT", default: "8787", help: "status server port; 0 picks a free one, \"off\" disables it" },
+  "status-token": { type: "string", env: "PGNET_STATUS_TOKEN", help: "bearer token for POST /reload and /restart; required off loopback" },
+  unlogged: { type: "boolean", help: "install: unlogged queue and response tables (faster, lost in a crash, like pg_net)" },
+  yes: { type: "boolean", short: "y", help: "uninstall: confirm dropping schema net and everything in it" },
+  help: { type: "boolean", short: "h", help: "show this help" },
+  version: { type: "boolean", short: "V", help: "print the version" },
+};
+
+export function usage(): string {
+  const lines = Object.entries(OPTIONS).map(([name, o]) => {
+    const flag = `${o.short ? `-${o.short}, ` : "    "}--${name}${o.type === "string" ? " <value>" : ""}`;
+    const extra = [o.default !== undefined ? `default ${o.default}` : "", o.env ? `env ${o.env}` : ""].filter(Boolean);
+    return `  ${flag.padEnd(34)} ${o.help}${extra.length ? ` [${extra.join("; ")}]` : ""}`;
+  });
+  return `pgnet ${VERSION}: pg_net ${PG_NET_API_VERSION}'s HTTP API for any PostgreSQL, with the worker outside the database
+
+Usage: pgnet [command] [options]
+
+Commands:
+  run          install or upgrade schema net if needed, then run the worker and the status server (default)
+  install      install or upgrade schema net, then exit
+  uninstall    drop schema net with its queued requests and responses (needs --yes)
+  status       print the worker and queue status of the database as JSON
+  version      print the version
+
+With no database given anywhere, pgnet starts an embedded PostgreSQL in --data-dir.
+Durations take units (500ms, 30s, 5min, 6 hours); flags override environment variables, which override
+the database's pg_net.* settings.
+
+Options:
+${lines.join("\n")}
+`;
+}
+
+function invalid(name: string, expected: string, value: string): PgnetError {
+  return new PgnetError("INVALID_ARGUMENT", `Invalid ${name}: expected ${expected}, got ${JSON.stringify(value)}`);
+}
+
+function port(name: string, value: string, allowOff: boolean): number | undefined {
+  if (allowOff && value === "off") return undefined;
+  if (!/^\d{1,5}$/.test(value) || Number(value) > 65535) {
+    throw invalid(name, `a port from 0 to 65535${allowOff ? ' or "off"' : ""}`, value);
+  }
+  return Number(value);
+}
+
+export function isLoopback(host: string): boolean {
+  return host === "localhost" || host === "::1" || host === "[::1]" || /^127\.\d+\.\d+\.\d+$/.test(host);
+}
+
+/** Parses argv (without the program) and the environment. Throws PgnetError (exit 2) on bad input. */
+export function parseCli(argv: string[], env: Record<string, string | undefined>): CliOptions {
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args: argv,
+      allowPositionals: true,
+      strict: true,
+      options: Object.fromEntries(
+        Object.entries(OPTIONS).map(([k, o]) => [k, { type: o.type, ...(o.short ? { short: o.short } : {}) }]),
+      ),
+    });
+  } catch (error) {
+    const message = (error as Error).message;
+    const unknown = /Unknown option '([^']+)'/.exec(message)?.[1];
+    const text = unknown ? `Unknown option ${JSON.stringify(unknown)}` : message.split(/\n|\. /)[0];
+    throw new PgnetError("INVALID_ARGUMENT", `${text}; see pgnet --help`);
+  }
+  const { values, positionals } = parsed as { values: Record<string, string | boolean | undefined>; positionals: string[] };
+  if (positionals.length > 1) {
+    throw new PgnetError("INVALID_ARGUMENT", `Unexpected argument ${JSON.stringify(positionals[1])}; see pgnet --help`);
+  }
+  const first = positionals[0] ?? "run";
+  if (!COMMANDS.includes(first as Command)) {
+    throw invalid("command", COMMANDS.join(", "), first);
+  }
+  const command: Command = values.help ? "help" : values.version ? "version" : first as Command;
+
+  const get = (name: string): string | undefined => {
+    const v = values[name];
+    if (typeof v === "string") return v;
+    const o = OPTIONS[name]!;
+    return (o.env && env[o.env]) || o.default;
+  };
+  const origin = (name: string) => (typeof values[name] === "string" ? `--${name}` : OPTIONS[name]!.env ?? `--${name}`);
+
+  const settings: SettingValues = {};
+  for (const spec of SETTINGS) {
+    // only explicit flags go here: resolveSettings reads the environment itself, below the flags
+    const v = values[spec.flag];
+    if (typeof v === "string") settings[spec.flag as SettingFlag] = v;
+  }
+
+  const logLevel = get("log-level")!;
+  if (!LOG_LEVELS.includes(logLevel as LogLevel)) throw invalid(origin("log-level"), LOG_LEVELS.join(", "), logLevel);
+  const logFormat = get("log-format")!;
+  if (!LOG_FORMATS.includes(logFormat as LogFormat)) throw invalid(origin("log-format"), LOG_FORMATS.join(" or "), logFormat);
+
+  const statusHost = get("status-host")!;
+  const statusPort = port(origin("status-port"), get("status-port")!, true);
+  const statusToken = get("status-token");
+  if (statusPort !== undefined && !isLoopback(statusHost) && !statusToken) {
+    throw new PgnetError(
+      "STATUS_TOKEN_REQUIRED",
+      `The status server would listen on ${statusHost}, beyond loopback: set --status-token (or PGNET_STATUS_TOKEN) ` +
+        "so that POST /reload and /restart need it, or use --status-host 127.0.0.1",
+    );
+  }
+
+  const database = typeof values.database === "string" ? values.database : undefined;
+  return {
+    command,
+    ...(database !== undefined ? { database } : {}),
+    dataDir: get("data-dir")!,
+    embeddedPort: port(origin("embedded-port"), get("embedded-port")!, false)!,
+    settings,
+    logLevel: logLevel as LogLevel,
+    logFormat: logFormat as LogFormat,
+    statusHost,
+    ...(statusPort !== undefined ? { statusPort } : {}),
+    ...(statusToken ? { statusToken } : {}),
+    unlogged: values.unlogged === true,
+    yes: values.yes === true,
+  };
+}

