@@ -35,10 +35,10 @@ export async function install(sql: Sql): Promise<InstallResult> {
 
 /** The installed version: 0 when schema net is absent. */
 export async function installedVersion(sql: Sql): Promise<number> {
-  const [row] = await sql`
-    select case when to_regclass('net._pgnet_migrations') is null then 0
-                else (select coalesce(max(version), 0) from net._pgnet_migrations) end as version
-  `;
+  // two statements: a query naming a missing table fails at parse time, whatever branch would run
+  const [exists] = await sql`select to_regclass('net._pgnet_migrations') is not null as yes`;
+  if (!exists!.yes) return 0;
+  const [row] = await sql`select coalesce(max(version), 0) as version from net._pgnet_migrations`;
   return Number(row!.version);
 }
 

@@ -4,6 +4,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, test } from "bun:test
 import { createDatabase, type TestDatabase } from "./helpers/cluster.ts";
 import { Fixture, header } from "./helpers/fixture.ts";
 import { memoryLogger, responseFor, startWorker, waitFor } from "./helpers/worker.ts";
+import { VERSION } from "../src/version.ts";
 import type { Worker } from "../src/worker.ts";
 
 let db: TestDatabase;
@@ -232,6 +233,16 @@ describe("worker functions", () => {
     } finally {
       await db.sql`drop role pgnet_plain_role`;
     }
+  });
+
+  test("the worker's connections name pgnet and its version in application_name", async () => {
+    worker = await startWorker(db.url);
+    const names = (await db.sql`
+      select distinct application_name as name from pg_stat_activity
+       where datname = ${db.name} and pid <> pg_backend_pid() and application_name like 'pgnet%'
+    `).map((r) => r.name).sort();
+    expect(names).toContain(`pgnet ${VERSION} worker`);
+    expect(names.every((n: string) => n.startsWith(`pgnet ${VERSION}`))).toBe(true);
   });
 
   test("worker_restart() makes the worker reconnect and re-read its settings", async () => {

@@ -1,0 +1,81 @@
+// Installing schema net: idempotent, safe under concurrency, versioned, refusing what it should not touch.
+
+import { afterAll, beforeAll, expect, test } from "bun:test";
+import { connect } from "../src/db.ts";
+import { install, installedVersion, setUnlogged, uninstall } from "../src/installer.ts";
+import { LATEST_VERSION } from "../src/migrations.ts";
+import { VERSION } from "../src/version.ts";
+import { createDatabase, type TestDatabase } from "./helpers/cluster.ts";
+
+let db: TestDatabase;
+beforeAll(async () => {
+  db = await createDatabase({ installed: false });
+});
+afterAll(async () => {
+  await db.drop();
+});
+
+test("installing twice applies the SQL once and records the version", async () => {
+  expect(await installedVersion(db.sql)).toBe(0);
+  expect(await install(db.sql)).toEqual({ applied: [1], version: LATEST_VERSION });
+  expect(await install(db.sql)).toEqual({ applied: [], version: LATEST_VERSION });
+  const rows = await db.sql`select version, name, pgnet_version from net._pgnet_migrations`;
+  expect(rows.map((r) => ({ ...r }))).toEqual([{ version: 1, name: "0001_net_api", pgnet_version: VERSION }]);
+  await uninstall(db.sql);
+});
+
+test("two processes installing at once both succeed and the SQL runs once", async () => {
+  const clients = [connect({ url: db.url }, { max: 1 }), connect({ url: db.url }, { max: 1 }), connect({ url: db.url }, { max: 1 })];
+  try {
+    const results = await Promise.all(clients.map((c) => install(c)));
+    expect(results.map((r) => r.applied.length).sort()).toEqual([0, 0, 1]);
+    const [row] = await db.sql`select count(*)::int as n from net._pgnet_migrations`;
+    expect(row!.n).toBe(1);
+  } finally {
+    await Promise.all(clients.map((c) => c.end()));
+  }
+});
+
+test("a database installed by a newer pgnet is refused with what to do", async () => {
+  await db.sql`insert into net._pgnet_migrations (version, name, pgnet_version) values (999, 'future', '9.9.9')`;
+  try {
+    await expect(install(db.sql)).rejects.toMatchObject({
+      code: "DATABASE_NEWER",
+      message: expect.stringContaining("SQL API version 999, newer than this pgnet"),
+    });
+  } finally {
+    await db.sql`delete from net._pgnet_migrations where version = 999`;
+  }
+});
+
+test("uninstall removes schema net; a second uninstall has nothing to do", async () => {
+  expect(await uninstall(db.sql)).toBe(true);
+  const [row] = await db.sql`select to_regnamespace('net') is null as gone`;
+  expect(row!.gone).toBe(true);
+  expect(await uninstall(db.sql)).toBe(false);
+});
+
+test("a schema net that pgnet did not create is neither installed over nor dropped", async () => {
+  await db.sql`create schema net`;
+  await db.sql`create table net.something_else (x int)`;
+  try {
+    await expect(install(db.sql)).rejects.toMatchObject({ code: "SCHEMA_IN_USE" });
+    await expect(uninstall(db.sql)).rejects.toMatchObject({ code: "NOT_PGNET_SCHEMA" });
+    const [row] = await db.sql`select to_regclass('net.something_else') is not null as kept`;
+    expect(row!.kept).toBe(true);
+  } finally {
+    await db.sql`drop schema net cascade`;
+  }
+});
+
+test("--unlogged makes the queue and response tables unlogged", async () => {
+  await install(db.sql);
+  const persistence = async () => (await db.sql`
+    select relname, relpersistence from pg_class
+     where relname in ('http_request_queue', '_http_response') and relnamespace = 'net'::regnamespace order by relname
+  `).map((r) => `${r.relname}:${r.relpersistence}`);
+  expect(await persistence()).toEqual(["_http_response:p", "http_request_queue:p"]);
+  await setUnlogged(db.sql);
+  expect(await persistence()).toEqual(["_http_response:u", "http_request_queue:u"]);
+  await uninstall(db.sql);
+});

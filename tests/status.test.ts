@@ -1,0 +1,83 @@
+// The status app in-process (no port): health, status, reload, restart, the token, against a real worker.
+
+import { afterAll, beforeAll, expect, test } from "bun:test";
+import { createStatusApp, type StatusDeps } from "../src/status.ts";
+import type { Worker } from "../src/worker.ts";
+import { createDatabase, type TestDatabase } from "./helpers/cluster.ts";
+import { startWorker } from "./helpers/worker.ts";
+
+let db: TestDatabase;
+let worker: Worker;
+beforeAll(async () => {
+  db = await createDatabase();
+  worker = await startWorker(db.url);
+});
+afterAll(async () => {
+  await worker.stop({ timeout: 1000 });
+  await db.drop();
+});
+
+function app(extra: Partial<StatusDeps> = {}) {
+  return createStatusApp({
+    worker,
+    database: "127.0.0.1:5432/test",
+    queueDepth: async () => (await db.sql`select count(*)::int as n from net.http_request_queue`)[0]!.n,
+    ...extra,
+  });
+}
+
+test("GET /health is 200 while the worker is connected and making progress", async () => {
+  const response = await app().request("/health");
+  expect(response.status).toBe(200);
+  expect(await response.json()).toEqual({ ok: true, state: "running", connected: true, inFlight: 0 });
+});
+
+test("GET /health is 503 with the reason when the worker made no progress for three poll intervals", async () => {
+  const later = app({ now: () => Date.now() + 60_000 });
+  const response = await later.request("/health");
+  expect(response.status).toBe(503);
+  expect(await response.json()).toMatchObject({ ok: false, reason: expect.stringMatching(/^no progress for \d+ s$/) });
+});
+
+test("GET /status reports version, database, queue depth, counters, settings and their sources", async () => {
+  await db.sql`insert into net.http_request_queue (method, url, timeout_milliseconds, not_before)
+               values ('GET', 'http://localhost/', 1000, now() + interval '1 hour')`;
+  const body = await (await app().request("/status")).json() as Record<string, unknown>;
+  expect(body).toMatchObject({
+    version: expect.stringMatching(/^\d+\.\d+\.\d+$/),
+    pgNetApiVersion: "0.20.4",
+    database: "127.0.0.1:5432/test",
+    worker: { state: "running", connected: true },
+    queueDepth: 1,
+    inFlight: 0,
+    counters: { succeeded: 0, failed: 0, timedOut: 0 },
+    settings: { batchSize: 200, pollIntervalMs: 200 },
+    sources: { batchSize: "default", pollIntervalMs: "flag" },
+    lastError: null,
+  });
+  await db.sql`delete from net.http_request_queue`;
+});
+
+test("POST /reload and /restart need the bearer token when one is set", async () => {
+  const guarded = app({ token: "t0ken" });
+  for (const path of ["/reload", "/restart"]) {
+    expect((await guarded.request(path, { method: "POST" })).status).toBe(401);
+    const ok = await guarded.request(path, { method: "POST", headers: { authorization: "Bearer t0ken" } });
+    expect(ok.status).toBe(200);
+    expect(await ok.json()).toMatchObject({ ok: true, settings: { batchSize: 200 } });
+  }
+});
+
+test("GET /health is 503 once the worker has stopped", async () => {
+  const stopped = await startWorker(db.url);
+  await stopped.stop({ timeout: 100 });
+  const response = await app({ worker: stopped }).request("/health");
+  expect(response.status).toBe(503);
+  expect(await response.json()).toMatchObject({ ok: false, state: "stopped", reason: "worker is stopped" });
+});
+
+test("an unknown route is a JSON 404 listing the routes", async () => {
+  const response = await app().request("/nope");
+  expect(response.status).toBe(404);
+  expect(await response.json()).toMatchObject({ ok: false, routes: expect.arrayContaining(["GET /health"]) });
+});
