@@ -168,6 +168,38 @@ describe("run", () => {
   });
 });
 
+describe("signals", () => {
+  test("SIGHUP reloads settings from the database", async () => {
+    const pgnet = new PgnetProcess(["--database", db.url, "--status-port", "0"]);
+    try {
+      const url = await pgnet.statusUrl();
+      await db.sql`alter role postgres set pg_net.batch_size = 33`;
+      try {
+        pgnet.signal("SIGHUP");
+        await pgnet.waitForLine(/settings reloaded .*batchSize=33/);
+        expect((await getJson(`${url}/status`)).body).toMatchObject({ settings: { batchSize: 33 } });
+      } finally {
+        await db.sql`alter role postgres reset pg_net.batch_size`;
+      }
+    } finally {
+      expect(await pgnet.stop()).toBe(0);
+    }
+  });
+
+  test("a second SIGTERM exits at once, without waiting for in-flight requests", async () => {
+    const pgnet = new PgnetProcess(["--database", db.url, "--status-port", "off", "--shutdown-timeout", "60s"]);
+    await pgnet.waitForLine(/worker started/);
+    await db.sql`select net.http_get(${fixture.url("/never")}, timeout_milliseconds => 0)`;
+    await waitFor(() => fixture.received("/never").length >= 1, 5000, "the request to be in flight");
+    pgnet.signal("SIGTERM");
+    await pgnet.waitForLine(/stopping signal=SIGTERM inFlight=1/);
+    pgnet.signal("SIGTERM");
+    expect(await pgnet.exited).toBe(1);
+    expect(pgnet.lines.some((l) => l.includes("second signal: exiting now"))).toBe(true);
+    await db.sql`delete from net.http_request_queue`;
+  });
+});
+
 describe("first run", () => {
   test("with no database given, pgnet starts an embedded PostgreSQL, keeps it, and reuses it next time", async () => {
     const cwd = emptyDir();

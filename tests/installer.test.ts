@@ -24,6 +24,23 @@ test("installing twice applies the SQL once and records the version", async () =
   await uninstall(db.sql);
 });
 
+test("a role created before the install can enqueue and read responses", async () => {
+  await db.sql`create role pgnet_existing_role login`;
+  try {
+    await install(db.sql);
+    const status = await db.sql.begin(async (tx) => {
+      await tx`set local role pgnet_existing_role`;
+      const [{ id }] = await tx`select net.http_get('http://localhost/') as id` as unknown as [{ id: string }];
+      await tx`select * from net._http_response`;
+      return (await tx`select status from net._http_collect_response(${id})`)[0]!.status;
+    });
+    expect(status).toBe("PENDING");
+  } finally {
+    await uninstall(db.sql);
+    await db.sql`drop role pgnet_existing_role`;
+  }
+});
+
 test("two processes installing at once both succeed and the SQL runs once", async () => {
   const clients = [connect({ url: db.url }, { max: 1 }), connect({ url: db.url }, { max: 1 }), connect({ url: db.url }, { max: 1 })];
   try {

@@ -110,6 +110,23 @@ describe("requests", () => {
   });
 });
 
+describe("sliding window", () => {
+  test("a slow endpoint never holds back fast ones: they finish while it is still in flight", async () => {
+    worker = await startWorker(db.url, { concurrency: "4" });
+    const slow = await enqueue(db.sql`select net.http_get(${fixture.url("/never")}, timeout_milliseconds => 3000) as id`);
+    const fast = (await db.sql`select net.http_get(${fixture.url("/status/200")}) as id from generate_series(1, 40)`)
+      .map((r) => r.id as string);
+    await waitFor(async () => {
+      const [row] = await db.sql`select count(*)::int as n from net._http_response where id = any(${fast}::bigint[])`;
+      return row!.n === 40;
+    }, 10_000, "the fast responses");
+    // the slow request is still running: its response is not stored yet
+    const [slowRow] = await db.sql`select count(*)::int as n from net._http_response where id = ${slow}`;
+    expect(slowRow!.n).toBe(0);
+    expect((await responseFor(db.sql, slow)).timed_out).toBe(true);
+  });
+});
+
 describe("failures become rows", () => {
   test("a timeout stores pg_net's message with four positive figures", async () => {
     worker = await startWorker(db.url);
