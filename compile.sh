@@ -10,7 +10,9 @@ case "${PGNET_COMPILER:-bun}" in
   bun)
     bun="./node_modules/.bin/bun"
     [ -x "$bun" ] || { echo "compile.sh: $bun is missing; run npm ci first" >&2; exit 1; }
-    "$bun" build --compile --minify-syntax --sourcemap=none main.ts --outfile "$out"
+    # no implicit .env or bunfig.toml from the directory pgnet happens to run in
+    "$bun" build --compile --minify-syntax --sourcemap=none --no-compile-autoload-dotenv --no-compile-autoload-bunfig \
+      main.ts --outfile "$out"
     ;;
   deno)
     command -v deno >/dev/null || { echo "compile.sh: deno is not installed" >&2; exit 1; }

@@ -157,9 +157,15 @@ function buildHeaders(request: HttpRequest): Headers {
   }
   const headers = new Headers();
   for (const [name, raw] of Object.entries(given as Record<string, unknown>)) {
-    // pg_net: JSON null is skipped, "" removes the header, other JSON values are sent as JSON text
+    // pg_net: JSON null is skipped, "" removes the header, numbers and booleans are sent as their JSON text;
+    // an object or array is no header value (pg_net sends its JSON text): an error on this request
     if (raw === null || raw === "") continue;
-    const value = typeof raw === "string" ? raw : JSON.stringify(raw);
+    if (typeof raw === "object") {
+      throw new RequestError(
+        `Invalid value for header ${JSON.stringify(name)}: expected a string, number or boolean, got ${JSON.stringify(raw)}`,
+      );
+    }
+    const value = String(raw);
     if (!TOKEN.test(name)) throw new RequestError(`Invalid header name ${JSON.stringify(name)}`);
     if (BAD_VALUE.test(value)) {
       throw new RequestError(`Invalid value for header ${JSON.stringify(name)}: CR, LF and NUL are not allowed`);

@@ -6,6 +6,7 @@ import { connect, readDatabaseSettings, type Sql, type Target } from "./db.ts";
 import { coerceError, errorCode } from "./errors.ts";
 import { type HttpRequest, type HttpResult, performRequest } from "./http.ts";
 import type { Logger } from "./log.ts";
+import { fetchLimit } from "./runtime.ts";
 import { WORKER_APPLICATION_NAME } from "./version.ts";
 
 /** NOTIFY channels: net.wake() and net.worker_restart() (sql/0001_net_api.sql). */
@@ -40,6 +41,10 @@ export interface WorkerStatus {
 
 // Rows stored per write statement; a larger backlog of results is written in several statements.
 const WRITE_BATCH = 1000;
+
+// SQLSTATEs meaning schema net, or part of it, is not there: undefined_table, invalid_schema_name,
+// undefined_function, undefined_column, undefined_object
+const SCHEMA_MISSING = new Set(["42P01", "3F000", "42883", "42703", "42704"]);
 
 /**
  * Reconnect and retry delays: capped, jittered, exponential. Attempt n waits
@@ -81,6 +86,7 @@ export class Worker {
   #counters = { succeeded: 0, failed: 0, timedOut: 0, claimed: 0 };
   #lastProgressAt = Date.now();
   #lastError: WorkerStatus["lastError"] = null;
+  #schemaMissing = false;
 
   constructor(options: WorkerOptions) {
     this.#options = options;
@@ -89,6 +95,11 @@ export class Worker {
 
   get settings(): WorkerSettings {
     return this.#resolved.settings;
+  }
+
+  /** requests in flight at most: --concurrency, unless the runtime runs fewer fetches at once */
+  get #window(): number {
+    return Math.min(this.settings.concurrency, fetchLimit());
   }
 
   /** Connects, reads settings, starts listening and polling. Rejects if the first connection fails. */
@@ -170,6 +181,13 @@ export class Worker {
         onInvalidDatabaseValue: (name, value, reason, fallback) =>
           this.#log.warn(`invalid ${name}, using the default`, { value, reason, default: fallback }),
       });
+      const limit = fetchLimit();
+      if (this.#resolved.settings.concurrency > limit) {
+        this.#log.warn(
+          `concurrency ${this.#resolved.settings.concurrency} is above the ${limit} fetches the runtime runs at once: ` +
+            `using ${limit}; start pgnet with BUN_CONFIG_MAX_HTTP_REQUESTS=${this.#resolved.settings.concurrency} to allow more`,
+        );
+      }
     } finally {
       await probe.end({ timeout: 1 }).catch(() => {});
     }
@@ -241,7 +259,7 @@ export class Worker {
         this.#wanted = false;
         // claim while slots are free and claims come back full (more may be waiting)
         while (!this.#stopping) {
-          const free = this.settings.concurrency - this.#inFlight.size;
+          const free = this.#window - this.#inFlight.size;
           if (free <= 0) {
             this.#backlog = true; // a finishing request kicks again
             break;
@@ -255,9 +273,21 @@ export class Worker {
         }
       }
       this.#failures = 0;
+      if (this.#schemaMissing) {
+        this.#schemaMissing = false;
+        this.#log.info("schema net is installed again: resuming");
+      }
     } catch (error) {
-      this.#fail("cannot claim requests", error);
-      this.#after(backoffMs(this.#failures++), () => this.#kick());
+      if (SCHEMA_MISSING.has(errorCode(error) ?? "")) {
+        // not a fault of ours: say it once, then look again at each poll
+        if (!this.#schemaMissing) {
+          this.#schemaMissing = true;
+          this.#fail("schema net is missing or incomplete: idling until it is installed (pgnet install)", error);
+        }
+      } else {
+        this.#fail("cannot claim requests", error);
+        this.#after(backoffMs(this.#failures++), () => this.#kick());
+      }
     } finally {
       this.#pumping = false;
     }
@@ -331,6 +361,11 @@ export class Worker {
           await this.#store(batch);
           attempt = 0;
         } catch (error) {
+          if (SCHEMA_MISSING.has(errorCode(error) ?? "")) {
+            // their queue rows went with the schema; a new install restarts ids at 1, so never store them there
+            this.#fail(`schema net is gone: dropping ${batch.length} results of requests it held`, error);
+            continue;
+          }
           this.#pending.unshift(...batch);
           this.#fail("cannot store responses", error);
           if (this.#stopping && attempt >= 3) return;

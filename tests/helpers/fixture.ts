@@ -127,6 +127,22 @@ export class Fixture {
         socket.write("HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nabc");
         setTimeout(() => socket.destroy(), 20);
         return;
+      case "trickle": {
+        // announces 20 bytes, then sends one every 100 ms
+        socket.write("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 20\r\n\r\n");
+        let sent = 0;
+        const timer = setInterval(() => {
+          if (socket.destroyed || ++sent > 20) return clearInterval(timer);
+          socket.write("x");
+        }, 100);
+        return;
+      }
+      case "reset":
+        socket.write("HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nabc");
+        setTimeout(() => socket.resetAndDestroy(), 20);
+        return;
+      case "loop":
+        return send({ status: 302, headers: [["Location", "/loop"]] });
       case "bytes":
         return send({
           headers: [["Content-Type", query.get("type") ?? "application/octet-stream"]],

@@ -1,0 +1,178 @@
+// Never lose a request: real pgnet processes, real faults (kill -9, PostgreSQL restarts, terminated
+// connections, several workers), and every committed request ends with exactly one response row.
+
+import { afterAll, beforeAll, expect, test } from "bun:test";
+import { install, uninstall } from "../src/installer.ts";
+import { cleanEnv, PgnetProcess } from "./helpers/binary.ts";
+import { createDatabase, type TestDatabase } from "./helpers/cluster.ts";
+import { Fixture, header, type Received } from "./helpers/fixture.ts";
+import { memoryLogger, responseFor, startWorker, waitFor } from "./helpers/worker.ts";
+
+let db: TestDatabase;
+let fixture: Fixture;
+// a window of 1,000 needs Bun's fetch limit raised at process start
+const env = cleanEnv({ BUN_CONFIG_MAX_HTTP_REQUESTS: "2000" });
+
+beforeAll(async () => {
+  db = await createDatabase();
+  fixture = await Fixture.start();
+});
+afterAll(async () => {
+  await fixture.stop();
+  await db.drop();
+});
+
+function pgnet(...args: string[]): PgnetProcess {
+  return new PgnetProcess(["--database", db.url, "--status-port", "off", ...args], { env });
+}
+
+async function enqueue(path: string, count: number, timeoutMs = 30_000): Promise<string[]> {
+  return (await db.sql`
+    select net.http_get(${fixture.url(path)}, timeout_milliseconds => ${timeoutMs}) as id from generate_series(1, ${count})
+  `).map((r) => r.id as string);
+}
+
+/** Waits until every id has a response and none is queued; returns rows per id (always 1, by the unique index). */
+async function drained(ids: string[], timeoutMs = 60_000): Promise<void> {
+  await waitFor(async () => {
+    const [row] = await db.sql`
+      select count(*)::int as n from net._http_response where id = any(${ids}::bigint[])
+    `;
+    return row!.n === ids.length;
+  }, timeoutMs, `${ids.length} responses`);
+  const [left] = await db.sql`select count(*)::int as n from net.http_request_queue where id = any(${ids}::bigint[])`;
+  expect(left!.n).toBe(0);
+}
+
+/** How many times the fixture received each request id, among `requests`. */
+function deliveries(requests: Received[]): Map<string, number> {
+  const counts = new Map<string, number>();
+  for (const r of requests) {
+    const id = header(r, "X-Pgnet-Request-Id")[0]!;
+    counts.set(id, (counts.get(id) ?? 0) + 1);
+  }
+  return counts;
+}
+
+test("kill -9 with 1,000 requests in flight: the next process re-runs exactly those, each id answered once", async () => {
+  const path = "/delay/3000";
+  const first = pgnet("--concurrency", "1000", "--lease", "2s");
+  await first.waitForLine(/worker started/);
+  const ids = await enqueue(path, 1200);
+  await waitFor(() => fixture.received(path).length >= 1000, 20_000, "1,000 requests in flight");
+  first.signal("SIGKILL");
+  await first.exited;
+  const inFlight = new Set(deliveries(fixture.received(path)).keys());
+  expect(inFlight.size).toBe(1000);
+
+  const second = pgnet("--concurrency", "1000", "--lease", "2s");
+  try {
+    await drained(ids);
+  } finally {
+    expect(await second.stop()).toBe(0);
+  }
+  const rows = await db.sql`select count(*)::int as n, count(*) filter (where status_code = 200)::int as ok
+                              from net._http_response where id = any(${ids}::bigint[])`;
+  expect(rows[0]).toEqual({ n: 1200, ok: 1200 });
+  const counts = deliveries(fixture.received(path));
+  const twice = [...counts].filter(([, n]) => n === 2).map(([id]) => id);
+  expect(counts.size).toBe(1200);
+  expect([...counts.values()].every((n) => n <= 2)).toBe(true);
+  expect(new Set(twice)).toEqual(inFlight); // sent twice: exactly the ones in flight at the kill
+  const [attempts] = await db.sql`select count(*)::int as n from net.http_request_queue`;
+  expect(attempts!.n).toBe(0);
+}, 90_000);
+
+test("PostgreSQL restarting mid-load and every pgnet connection terminated: 5,000 requests answered once", async () => {
+  const path = "/delay/300";
+  const worker = pgnet("--poll-interval", "500ms");
+  try {
+    await worker.waitForLine(/worker started/);
+    const ids = await enqueue(path, 5000);
+    await waitFor(() => fixture.received(path).length >= 1000, 20_000, "the load to be under way");
+    db.pg.stop("fast");
+    await Bun.sleep(1000);
+    db.pg.start();
+    await db.reconnect();
+    await waitFor(() => fixture.received(path).length >= 3000, 30_000, "the load to resume");
+    const [terminated] = await db.sql`
+      select count(pg_terminate_backend(pid))::int as n from pg_stat_activity
+       where datname = ${db.name} and application_name like 'pgnet%' and pid <> pg_backend_pid()
+    `;
+    expect(terminated!.n).toBeGreaterThan(0);
+    await drained(ids, 60_000);
+    expect(worker.lines.some((l) => l.includes("reconnected"))).toBe(true);
+    const counts = deliveries(fixture.received(path));
+    expect(ids.every((id) => counts.has(id))).toBe(true);
+  } finally {
+    expect(await worker.stop()).toBe(0);
+  }
+}, 120_000);
+
+test("three pgnet processes share 20,000 requests: each sent once, every process did some", async () => {
+  const path = "/status/200";
+  const before = fixture.received(path).length;
+  const workers = [0, 1, 2].map(() => new PgnetProcess(["--database", db.url, "--status-port", "0"], { env }));
+  try {
+    const urls = await Promise.all(workers.map((w) => w.statusUrl()));
+    const ids = await enqueue(path, 20_000);
+    await drained(ids, 90_000);
+    const counts = deliveries(fixture.received(path).slice(before));
+    expect(counts.size).toBe(20_000);
+    expect([...counts.values()].every((n) => n === 1)).toBe(true);
+    const done = await Promise.all(urls.map(async (u) => {
+      const status = await (await fetch(`${u}/status`)).json() as { counters: { succeeded: number } };
+      return status.counters.succeeded;
+    }));
+    expect(done.every((n) => n > 0)).toBe(true);
+    expect(done.reduce((a, b) => a + b, 0)).toBe(20_000);
+  } finally {
+    for (const code of await Promise.all(workers.map((w) => w.stop()))) expect(code).toBe(0);
+  }
+}, 120_000);
+
+test("SIGTERM under load loses nothing: unfinished requests go back to the queue for the next process", async () => {
+  const path = "/delay/200";
+  const first = pgnet("--shutdown-timeout", "100ms");
+  await first.waitForLine(/worker started/);
+  const ids = await enqueue(path, 2000);
+  await waitFor(() => fixture.received(path).length >= 300, 20_000, "the load to be under way");
+  first.signal("SIGTERM");
+  expect(await first.exited).toBe(0);
+  const [left] = await db.sql`select count(*)::int as n, count(claimed_by)::int as claimed from net.http_request_queue`;
+  expect(left!.n).toBeGreaterThan(0);
+  expect(left!.claimed).toBe(0); // given back, not waiting for a lease to run out
+  const second = pgnet();
+  try {
+    await drained(ids);
+  } finally {
+    expect(await second.stop()).toBe(0);
+  }
+}, 90_000);
+
+test("the worker idles with one clear log line while schema net is gone or half there, and resumes after install", async () => {
+  const logger = memoryLogger();
+  const worker = await startWorker(db.url, { "poll-interval": "100ms" }, logger);
+  const missing = () => logger.lines.filter((l) => l.includes("schema net is missing or incomplete")).length;
+  try {
+    await uninstall(db.sql);
+    await Bun.sleep(600);
+    expect(missing()).toBe(1);
+    await install(db.sql);
+    await waitFor(() => logger.lines.some((l) => l.includes("schema net is installed again: resuming")), 5000, "resume");
+    const [{ id }] = await db.sql`select net.http_get(${fixture.url("/status/200")}) as id` as unknown as [{ id: string }];
+    expect((await responseFor(db.sql, id)).status_code).toBe(200);
+
+    await db.sql`drop table net._http_response`;
+    await db.sql`select net.wake()`;
+    await Bun.sleep(600);
+    expect(missing()).toBe(2);
+    expect(worker.status().state).toBe("running");
+    await uninstall(db.sql);
+    await install(db.sql);
+    const [{ id: again }] = await db.sql`select net.http_get(${fixture.url("/status/200")}) as id` as unknown as [{ id: string }];
+    expect((await responseFor(db.sql, again)).status_code).toBe(200);
+  } finally {
+    await worker.stop({ timeout: 1000 });
+  }
+});
