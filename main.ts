@@ -9,7 +9,7 @@ import { EmbeddedPostgres } from "./src/embedded.ts";
 import { coerceError, PgnetError } from "./src/errors.ts";
 import { install, installedVersion, setUnlogged, uninstall } from "./src/installer.ts";
 import { createLogger, type Logger } from "./src/log.ts";
-import { serve } from "./src/runtime.ts";
+import { dieWithParent, relaunchForFetchLimit, serve } from "./src/runtime.ts";
 import { createStatusApp } from "./src/status.ts";
 import { PG_NET_API_VERSION, VERSION } from "./src/version.ts";
 import { Worker } from "./src/worker.ts";
@@ -130,7 +130,12 @@ async function main(options: CliOptions, log: Logger): Promise<number> {
     );
   }
   // bad PGNET_* values stop us here, before anything connects
-  resolveSettings({ flags: options.settings, env: process.env });
+  const { settings } = resolveSettings({ flags: options.settings, env: process.env });
+  if (options.command === "run") {
+    const relaunched = relaunchForFetchLimit(settings.concurrency);
+    if (relaunched) return await relaunched;
+    dieWithParent();
+  }
 
   const { target, close } = await openTarget(options, log);
   if (options.command === "run") return await runCommand(target, options, log, close);

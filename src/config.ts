@@ -111,7 +111,7 @@ export const SETTINGS: readonly Spec[] = [
     help: "how long responses are kept", parse: duration("s", 1000, 100 * 365 * 86_400_000, 1000),
   },
   {
-    key: "concurrency", flag: "concurrency", env: "PGNET_CONCURRENCY", default: "256",
+    key: "concurrency", flag: "concurrency", env: "PGNET_CONCURRENCY", default: "2048",
     help: "requests in flight at once", parse: integer(1, 65535),
   },
   {

@@ -1,5 +1,7 @@
 // The runtime adapter: the only file that touches Bun.* or Deno.*. Everything else uses Web APIs and node: modules.
 
+import { spawn } from "node:child_process";
+
 declare const Deno: {
   serve(
     options: { hostname: string; port: number; onListen?: (addr: { port: number }) => void },
@@ -28,6 +30,36 @@ export function fetchLimit(): number {
   if (runtimeName !== "bun") return Number.POSITIVE_INFINITY;
   const configured = Number(process.env.BUN_CONFIG_MAX_HTTP_REQUESTS);
   return Number.isInteger(configured) && configured > 0 ? Math.min(configured, 65_535) : 256;
+}
+
+const RELAUNCHED = "PGNET_RELAUNCHED";
+
+/**
+ * Bun reads its fetch limit only at start, so when `wanted` fetches at once are more than it allows, this runs
+ * the same program again as a child with BUN_CONFIG_MAX_HTTP_REQUESTS set and stands in for it: signals are
+ * forwarded, the child's exit code is returned. The child keeps a pipe to this process as its stdin and kills
+ * itself the moment that closes, so `kill -9` of this process still stops everything (see dieWithParent).
+ * Returns null when no relaunch is needed (not Bun, the limit already suffices, or this is the child).
+ */
+export function relaunchForFetchLimit(wanted: number): Promise<number> | null {
+  if (runtimeName !== "bun" || fetchLimit() >= wanted || process.env[RELAUNCHED]) return null;
+  const compiled = process.argv[1]?.startsWith("/$bunfs/") === true;
+  const child = spawn(process.execPath, process.argv.slice(compiled ? 2 : 1), {
+    stdio: ["pipe", "inherit", "inherit"],
+    env: { ...process.env, BUN_CONFIG_MAX_HTTP_REQUESTS: String(wanted), [RELAUNCHED]: "1" },
+  });
+  for (const signal of ["SIGTERM", "SIGINT", "SIGHUP"] as const) process.on(signal, () => child.kill(signal));
+  return new Promise((resolve) => child.on("exit", (code) => resolve(code ?? 1)));
+}
+
+/** In a relaunched child: exit at once (as if killed) when the parent that launched it is gone. */
+export function dieWithParent(): void {
+  if (!process.env[RELAUNCHED]) return;
+  const die = () => process.kill(process.pid, "SIGKILL");
+  process.stdin.on("end", die);
+  process.stdin.on("close", die);
+  process.stdin.on("error", die);
+  process.stdin.resume();
 }
 
 export interface Server {

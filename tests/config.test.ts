@@ -19,7 +19,7 @@ test("durations take units and mixed parts; a bare number is in the setting's ow
 test("defaults apply when nothing is set", () => {
   const { settings, sources } = resolveSettings({});
   expect(settings).toEqual({
-    batchSize: 200, ttlSeconds: 21600, concurrency: 256, pollIntervalMs: 5000, leaseMs: 60000,
+    batchSize: 200, ttlSeconds: 21600, concurrency: 2048, pollIntervalMs: 5000, leaseMs: 60000,
     shutdownTimeoutMs: 30000, maxResponseBytes: 64 * 1024 * 1024,
   });
   expect(new Set(Object.values(sources))).toEqual(new Set(["default"]));

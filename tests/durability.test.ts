@@ -2,6 +2,7 @@
 // connections, several workers), and every committed request ends with exactly one response row.
 
 import { afterAll, beforeAll, expect, test } from "bun:test";
+import { existsSync, readFileSync } from "node:fs";
 import { install, uninstall } from "../src/installer.ts";
 import { cleanEnv, PgnetProcess } from "./helpers/binary.ts";
 import { createDatabase, type TestDatabase } from "./helpers/cluster.ts";
@@ -149,6 +150,21 @@ test("SIGTERM under load loses nothing: unfinished requests go back to the queue
     expect(await second.stop()).toBe(0);
   }
 }, 90_000);
+
+test("above Bun's fetch limit, pgnet relaunches itself with the limit raised, and kill -9 still stops it all", async () => {
+  const parent = new PgnetProcess(["--database", db.url, "--status-port", "off", "--concurrency", "600"], { env: cleanEnv() });
+  await parent.waitForLine(/worker started/);
+  const children = readFileSync(`/proc/${parent.child.pid}/task/${parent.child.pid}/children`, "utf8").trim().split(/\s+/);
+  expect(children).toHaveLength(1);
+  const child = Number(children[0]);
+  expect(readFileSync(`/proc/${child}/environ`, "utf8").split("\0")).toContain("BUN_CONFIG_MAX_HTTP_REQUESTS=600");
+  expect(parent.lines.some((l) => l.includes("above the") && l.includes("fetches the runtime runs at once"))).toBe(false);
+  const [{ id }] = await db.sql`select net.http_get(${fixture.url("/status/200")}) as id` as unknown as [{ id: string }];
+  expect((await responseFor(db.sql, id)).status_code).toBe(200);
+  parent.signal("SIGKILL");
+  await parent.exited;
+  await waitFor(() => !existsSync(`/proc/${child}`), 5000, "the relaunched child to exit with its parent");
+});
 
 test("the worker idles with one clear log line while schema net is gone or half there, and resumes after install", async () => {
   const logger = memoryLogger();

@@ -1,0 +1,348 @@
+// The benchmark: throughput, latency, head-of-line blocking, a large backlog, and the HTTP target's own ceiling.
+// `npm run bench` (or `bun src/bench.ts --help`). Starts an embedded PostgreSQL unless --database is given, the
+// HTTP target in a process of its own, and pgnet as a separate process (so its peak RSS can be read).
+
+import { type ChildProcess, spawn } from "node:child_process";
+import { chmodSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import { dirname, join, resolve } from "node:path";
+import { parseArgs } from "node:util";
+import { connect, type Sql } from "./db.ts";
+import { EmbeddedPostgres } from "./embedded.ts";
+import { install, setUnlogged } from "./installer.ts";
+
+const ROOT = resolve(dirname(new URL(import.meta.url).pathname), "..");
+const BUN = process.execPath;
+
+interface Stat {
+  median: number;
+  min: number;
+  max: number;
+}
+
+function stat(values: number[]): Stat {
+  const sorted = [...values].sort((a, b) => a - b);
+  return { median: sorted[Math.floor((sorted.length - 1) / 2)]!, min: sorted[0]!, max: sorted[sorted.length - 1]! };
+}
+
+function percentile(sorted: number[], p: number): number {
+  return sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)]!;
+}
+
+/** The HTTP target: GET/POST /fast answers at once, /slow/<ms> after a delay. Runs in its own process. */
+function runTarget(): void {
+  const server = Bun.serve({
+    hostname: "127.0.0.1",
+    port: 0,
+    async fetch(request) {
+      const path = new URL(request.url).pathname;
+      if (request.body) await request.arrayBuffer();
+      if (path.startsWith("/slow/")) await Bun.sleep(Number(path.slice(6)));
+      return new Response("ok");
+    },
+  });
+  console.log(`target ${server.port}`);
+}
+
+function freePort(): Promise<number> {
+  return new Promise((ok) => {
+    const s = createServer().listen(0, "127.0.0.1", () => {
+      const { port } = s.address() as { port: number };
+      s.close(() => ok(port));
+    });
+  });
+}
+
+function startProcess(args: string[], env: Record<string, string | undefined>, ready: RegExp): Promise<{ child: ChildProcess; match: RegExpExecArray }> {
+  const child = spawn(BUN, args, { cwd: ROOT, env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "pipe"] });
+  return new Promise((ok, fail) => {
+    let out = "";
+    const onData = (chunk: Buffer) => {
+      out += chunk.toString();
+      const m = ready.exec(out);
+      if (m) ok({ child, match: m });
+    };
+    child.stdout!.on("data", onData);
+    child.stderr!.on("data", onData);
+    child.on("exit", (code) => fail(new Error(`${args.join(" ")} exited ${code}: ${out}`)));
+  });
+}
+
+async function stop(child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null) return;
+  const exited = new Promise((r) => child.on("exit", r));
+  child.kill("SIGTERM");
+  await exited;
+}
+
+/** Peak resident memory of a process, in MB (VmHWM). */
+function peakRssMb(pid: number): number {
+  const line = readFileSync(`/proc/${pid}/status`, "utf8").split("\n").find((l) => l.startsWith("VmHWM:"));
+  return Number(line?.match(/\d+/)?.[0] ?? 0) / 1024;
+}
+
+interface Context {
+  admin: Sql;
+  url(database: string): string;
+  target: string;
+  counter: number;
+  pgnetEnv: Record<string, string>;
+  /** the embedded server's log, when the benchmark started the server */
+  serverLog?: string;
+}
+
+function startPgnet(ctx: Context, url: string): ChildProcess {
+  const args = ["main.ts", "run", "--database", url, "--status-port", "off", "--log-level", "warn"];
+  return spawn(BUN, args, { cwd: ROOT, env: { ...process.env, ...ctx.pgnetEnv }, stdio: "inherit" });
+}
+
+/** A fresh database with schema net, a statement trigger that reports stored ids, and a pgnet process. */
+async function setup(ctx: Context, unlogged = false) {
+  const name = `bench_${process.pid}_${++ctx.counter}`;
+  await ctx.admin.unsafe(`create database ${name}`);
+  const url = ctx.url(name);
+  const sql = connect({ url }, { max: 4 });
+  await install(sql);
+  if (unlogged) await setUnlogged(sql);
+  await sql.unsafe(`
+    create function public.bench_report() returns trigger language plpgsql as $$
+    begin perform pg_notify('bench_done', (select string_agg(id::text, ',') from new_rows)); return null; end $$;
+    create trigger bench_report after insert on net._http_response referencing new table as new_rows
+      for each statement execute function public.bench_report();
+  `);
+  const stored = new Map<string, number>();
+  const listener = connect({ url }, { max: 1, onnotify: (_: string, ids: string) => {
+    const now = performance.now();
+    for (const id of ids.split(",")) stored.set(id, now);
+  } } as Parameters<typeof connect>[1]);
+  await listener`listen bench_done`;
+  const pgnet = startPgnet(ctx, url);
+  for (;;) {
+    const [up] = await sql`select net._worker_is_up() as up`;
+    if (up!.up) break;
+    await Bun.sleep(20);
+  }
+  return {
+    name,
+    sql,
+    stored,
+    pgnet,
+    async teardown() {
+      await stop(pgnet);
+      await listener.end();
+      await sql.end();
+      await ctx.admin.unsafe(`drop database ${name} with (force)`);
+    },
+  };
+}
+
+async function waitStored(stored: Map<string, number>, count: number, timeoutMs: number): Promise<void> {
+  const deadline = performance.now() + timeoutMs;
+  while (stored.size < count) {
+    if (performance.now() > deadline) throw new Error(`only ${stored.size} of ${count} responses after ${timeoutMs} ms`);
+    await Bun.sleep(5);
+  }
+}
+
+/** Requests/s from the commit of N requests until the last response row is stored. */
+async function throughput(ctx: Context, n: number, method: "GET" | "POST", unlogged: boolean): Promise<number> {
+  const run = await setup(ctx, unlogged);
+  try {
+    const body = JSON.stringify({ data: "x".repeat(1000) });
+    if (method === "GET") await run.sql`select net.http_get(${`${ctx.target}/fast`}) from generate_series(1, ${n})`;
+    else await run.sql`select net.http_post(${`${ctx.target}/fast`}, ${body}::text::jsonb) from generate_series(1, ${n})`;
+    const committed = performance.now();
+    await waitStored(run.stored, n, 600_000);
+    const elapsed = Math.max(...run.stored.values()) - committed;
+    return n / (elapsed / 1000);
+  } finally {
+    await run.teardown();
+  }
+}
+
+/** Commit → stored, one request at a time. */
+async function latency(ctx: Context, n: number): Promise<{ p50: number; p95: number; p99: number }> {
+  const run = await setup(ctx);
+  try {
+    const times: number[] = [];
+    for (let i = 0; i < n; i++) {
+      const [row] = await run.sql`select net.http_get(${`${ctx.target}/fast`}) as id`;
+      const committed = performance.now();
+      const id = String(row!.id);
+      while (!run.stored.has(id)) await Bun.sleep(0);
+      times.push(run.stored.get(id)! - committed);
+    }
+    times.sort((a, b) => a - b);
+    return { p50: percentile(times, 50), p95: percentile(times, 95), p99: percentile(times, 99) };
+  } finally {
+    await run.teardown();
+  }
+}
+
+/** 1,000 slow (2 s) and 1,000 fast requests committed together, slow ones first: when is the last fast one stored? */
+async function headOfLine(ctx: Context, n: number): Promise<number> {
+  const run = await setup(ctx);
+  try {
+    const ids = await run.sql.begin(async (tx) => {
+      await tx`select net.http_get(${`${ctx.target}/slow/2000`}) from generate_series(1, ${n})`;
+      return (await tx`select net.http_get(${`${ctx.target}/fast`}) as id from generate_series(1, ${n})`).map((r) => String(r.id));
+    });
+    const committed = performance.now();
+    await waitStored(run.stored, 2 * n, 60_000);
+    return Math.max(...ids.map((id) => run.stored.get(id)!)) - committed;
+  } finally {
+    await run.teardown();
+  }
+}
+
+/** A backlog queued before pgnet starts, drained: requests/s and pgnet's peak RSS. */
+async function backlog(ctx: Context, n: number): Promise<{ rate: number; rssMb: number }> {
+  const name = `bench_${process.pid}_${++ctx.counter}`;
+  await ctx.admin.unsafe(`create database ${name}`);
+  const url = ctx.url(name);
+  const sql = connect({ url }, { max: 2 });
+  try {
+    await install(sql);
+    await sql`
+      insert into net.http_request_queue (method, url, headers, timeout_milliseconds)
+      select 'GET', ${`${ctx.target}/fast`}, '{}', 5000 from generate_series(1, ${n})
+    `;
+    await sql`vacuum analyze net.http_request_queue`;
+    const started = performance.now();
+    const pgnet = startPgnet(ctx, url);
+    let rss = 0;
+    for (;;) {
+      await Bun.sleep(250);
+      rss = Math.max(rss, peakRssMb(pgnet.pid!));
+      const [row] = await sql`select count(*)::int as n from net._http_response`;
+      if (row!.n >= n) break;
+    }
+    const rate = n / ((performance.now() - started) / 1000);
+    rss = Math.max(rss, peakRssMb(pgnet.pid!));
+    await stop(pgnet);
+    return { rate, rssMb: rss };
+  } finally {
+    await sql.end();
+    await ctx.admin.unsafe(`drop database ${name} with (force)`);
+  }
+}
+
+/** The target's own ceiling: plain fetches from this process with the same window as pgnet. */
+async function ceiling(target: string, n: number, window: number): Promise<number> {
+  let next = 0;
+  const started = performance.now();
+  await Promise.all(Array.from({ length: window }, async () => {
+    while (next++ < n) await (await fetch(`${target}/fast`)).text();
+  }));
+  return n / ((performance.now() - started) / 1000);
+}
+
+/**
+ * Statements pgnet runs while idle, per poll interval: the server logs every statement of the benchmark's
+ * database with its application_name, and only pgnet's sessions are counted (embedded PostgreSQL only).
+ */
+async function idleStatements(ctx: Context, seconds: number): Promise<number> {
+  if (!ctx.serverLog) return NaN;
+  const run = await setup(ctx);
+  try {
+    await run.sql.unsafe(`alter database ${run.name} set log_statement = 'all'`);
+    await run.sql`select net.worker_restart()`; // new sessions pick up log_statement
+    await Bun.sleep(2000);
+    const offset = readFileSync(ctx.serverLog).length;
+    await Bun.sleep(seconds * 1000);
+    const lines = readFileSync(ctx.serverLog).subarray(offset).toString("utf8").split("\n");
+    const statements = lines.filter((l) => / pgnet [^ ]+( worker)? LOG: {2}(statement|execute)/.test(l)).length;
+    return statements / (seconds / 5); // the default poll interval is 5 s
+  } finally {
+    await run.teardown();
+  }
+}
+
+async function main(): Promise<void> {
+  const { values } = parseArgs({
+    options: {
+      database: { type: "string" }, json: { type: "boolean" }, quick: { type: "boolean" },
+      runs: { type: "string" }, only: { type: "string" }, help: { type: "boolean" },
+    },
+  });
+  if (values.help) {
+    console.log(`Usage: npm run bench -- [--quick] [--runs N] [--only throughput,latency,hol,backlog,ceiling,idle] [--json] [--database URL]
+  --quick   small sizes, one run (a smoke test)
+  --runs    repetitions of each scenario (default 3; medians with min and max)`);
+    return;
+  }
+  const quick = values.quick === true;
+  const runs = Number(values.runs ?? (quick ? 1 : 3));
+  const only = new Set((values.only ?? "throughput,latency,hol,backlog,ceiling,idle").split(","));
+  const window = 256;
+  const pgnetEnv = { BUN_CONFIG_MAX_HTTP_REQUESTS: "4096" };
+
+  const { child: targetProcess, match } = await startProcess(["src/bench.ts", "target"], {}, /target (\d+)/);
+  const target = `http://127.0.0.1:${match[1]}`;
+  let embedded: EmbeddedPostgres | undefined;
+  let root: string | undefined;
+  let base: URL;
+  if (values.database) base = new URL(values.database);
+  else {
+    root = mkdtempSync(join(tmpdir(), "pgnet-bench-"));
+    chmodSync(root, 0o755); // as root, the server runs as another account
+    embedded = new EmbeddedPostgres({ dataDir: join(root, "pg"), port: await freePort(), settings: {
+      max_connections: "200",
+      log_line_prefix: "'%m [%p] %a '",
+    } });
+    embedded.initialise();
+    embedded.start();
+    base = new URL(embedded.url());
+  }
+  const url = (database: string) => Object.assign(new URL(base), { pathname: `/${database}` }).toString();
+  const admin = connect({ url: base.toString() }, { max: 1 });
+  const ctx: Context = { admin, url, target, counter: 0, pgnetEnv, ...(embedded ? { serverLog: join(embedded.dataDir, "server.log") } : {}) };
+  const results: Record<string, unknown> = {};
+  const report = (name: string, value: unknown) => {
+    results[name] = value;
+    if (!values.json) console.log(`${name.padEnd(42)} ${JSON.stringify(value)}`);
+  };
+  const repeat = async (fn: () => Promise<number>) => {
+    const xs: number[] = [];
+    for (let i = 0; i < runs; i++) xs.push(await fn());
+    return stat(xs.map((x) => Math.round(x * 10) / 10));
+  };
+
+  try {
+    const sizes = quick ? [2000] : [10_000, 100_000];
+    if (only.has("throughput")) {
+      for (const n of sizes) {
+        report(`throughput GET ${n} durable (req/s)`, await repeat(() => throughput(ctx, n, "GET", false)));
+        report(`throughput GET ${n} unlogged (req/s)`, await repeat(() => throughput(ctx, n, "GET", true)));
+        report(`throughput POST 1KB ${n} durable (req/s)`, await repeat(() => throughput(ctx, n, "POST", false)));
+      }
+    }
+    if (only.has("latency")) {
+      const samples: Record<string, number[]> = { p50: [], p95: [], p99: [] };
+      for (let i = 0; i < runs; i++) {
+        const l = await latency(ctx, quick ? 100 : 1000);
+        for (const k of ["p50", "p95", "p99"] as const) samples[k]!.push(Math.round(l[k] * 100) / 100);
+      }
+      for (const k of ["p50", "p95", "p99"]) report(`latency ${k} commit→stored (ms)`, stat(samples[k]!));
+    }
+    if (only.has("hol")) report("head-of-line: last fast of 1,000 (ms)", await repeat(() => headOfLine(ctx, quick ? 100 : 1000)));
+    if (only.has("backlog")) {
+      const n = quick ? 5000 : 1_000_000;
+      const b = await backlog(ctx, n);
+      report(`backlog ${n} drain (req/s)`, Math.round(b.rate));
+      report(`backlog ${n} pgnet peak RSS (MB)`, Math.round(b.rssMb));
+    }
+    if (only.has("ceiling")) report(`target ceiling, fetch window ${window} (req/s)`, await repeat(() => ceiling(target, quick ? 5000 : 100_000, window)));
+    if (only.has("idle")) report("idle statements per 5 s poll", await idleStatements(ctx, quick ? 10 : 30));
+  } finally {
+    await admin.end();
+    await stop(targetProcess);
+    embedded?.stop("fast");
+    if (root) rmSync(root, { recursive: true, force: true });
+  }
+  if (values.json) console.log(JSON.stringify(results, null, 2));
+}
+
+if (process.argv[2] === "target") runTarget();
+else await main();
