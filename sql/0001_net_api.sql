@@ -293,8 +293,10 @@ $$;
 create function net._enqueue(
   -- GET, POST or DELETE
   method net.http_method,
-  -- the URL, already validated and with its params appended
+  -- the URL, validated and normalised here, with the params appended
   url text,
+  -- a JSON object of query parameters, or NULL
+  params jsonb,
   -- request headers as a JSON object, or NULL
   headers jsonb,
   -- request body bytes, or NULL
@@ -307,6 +309,8 @@ create function net._enqueue(
   volatile
 as $$
 declare
+  -- first, as in pg_net: a bad params object or URL is the error reported
+  full_url text := net._encode_url_with_params_array(url, net._params_array(params));
   request_id bigint;
 begin
   if headers is not null and jsonb_typeof(headers) <> 'object' then
@@ -316,7 +320,7 @@ begin
   end if;
 
   insert into net.http_request_queue(method, url, headers, body, timeout_milliseconds)
-  values (method, url, headers, body, timeout_milliseconds)
+  values (method, full_url, headers, body, timeout_milliseconds)
   returning id into request_id;
 
   perform net.wake();
@@ -343,7 +347,8 @@ as $$
 begin
   return net._enqueue(
     'GET',
-    net._encode_url_with_params_array(url, net._params_array(params)),
+    url,
+    params,
     headers,
     null,
     timeout_milliseconds
@@ -392,7 +397,8 @@ begin
 
   return net._enqueue(
     'POST',
-    net._encode_url_with_params_array(url, net._params_array(params)),
+    url,
+    params,
     headers,
     convert_to(body::text, 'UTF8'),
     timeout_milliseconds
@@ -424,7 +430,8 @@ as $$
 begin
   return net._enqueue(
     'DELETE',
-    net._encode_url_with_params_array(url, net._params_array(params)),
+    url,
+    params,
     headers,
     convert_to(body::text, 'UTF8'),
     timeout_milliseconds

@@ -4,7 +4,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { createDatabase, freePort, type TestDatabase } from "./helpers/cluster.ts";
-import { cleanEnv, emptyDir, PgnetProcess, runPgnet } from "./helpers/binary.ts";
+import { cleanEnv, emptyDir, PgnetProcess, ROOT, runPgnet } from "./helpers/binary.ts";
 import { Fixture } from "./helpers/fixture.ts";
 import { responseFor, waitFor } from "./helpers/worker.ts";
 
@@ -198,6 +198,25 @@ describe("signals", () => {
     expect(pgnet.lines.some((l) => l.includes("second signal: exiting now"))).toBe(true);
     await db.sql`delete from net.http_request_queue`;
   });
+});
+
+// Deno comes from the optional npm package @deno/linux-x64-glibc (the registry we use carries only that one)
+const deno = join(ROOT, "node_modules", "@deno", "linux-x64-glibc", "deno");
+
+describe("Deno", () => {
+  test.skipIf(!existsSync(deno))("pgnet runs under Deno too: it serves health and sends a request", async () => {
+    const command = [deno, "run", "--allow-all", `--config=${join(ROOT, "deno.json")}`, join(ROOT, "main.ts")];
+    const pgnet = new PgnetProcess(["--database", db.url, "--status-port", "0"], { command });
+    try {
+      const url = await pgnet.statusUrl();
+      expect((await getJson(`${url}/health`)).status).toBe(200);
+      const id = (await db.sql`select net.http_get(${fixture.url("/headers")}) as id`)[0]!.id;
+      const row = await responseFor(db.sql, id);
+      expect([row.status_code, row.content]).toEqual([200, "with headers"]);
+    } finally {
+      expect(await pgnet.stop()).toBe(0);
+    }
+  }, 60_000);
 });
 
 describe("first run", () => {

@@ -6,7 +6,7 @@ import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { waitFor } from "./worker.ts";
 
-const ROOT = resolve(import.meta.dir, "../..");
+export const ROOT = resolve(import.meta.dir, "../..");
 let built: string | undefined;
 
 /** Path of a freshly compiled pgnet executable (compile.sh into a temporary directory). */
@@ -53,8 +53,10 @@ export class PgnetProcess {
   readonly child: ChildProcess;
   readonly exited: Promise<number | null>;
 
-  constructor(args: string[], options: { env?: Record<string, string>; cwd?: string } = {}) {
-    this.child = spawn(binary(), args, { cwd: options.cwd ?? emptyDir(), env: options.env ?? cleanEnv(), stdio: ["ignore", "pipe", "pipe"] });
+  /** `command` defaults to the compiled binary; e.g. [deno, "run", "-A", "main.ts"] runs the source instead */
+  constructor(args: string[], options: { env?: Record<string, string>; cwd?: string; command?: string[] } = {}) {
+    const [program, ...pre] = options.command ?? [binary()];
+    this.child = spawn(program!, [...pre, ...args], { cwd: options.cwd ?? emptyDir(), env: options.env ?? cleanEnv(), stdio: ["ignore", "pipe", "pipe"] });
     for (const stream of [this.child.stdout!, this.child.stderr!]) {
       let rest = "";
       stream.on("data", (chunk: Buffer) => {
