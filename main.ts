@@ -6,7 +6,7 @@ import { type CliOptions, parseCli, usage } from "./src/cli.ts";
 import { resolveSettings } from "./src/config.ts";
 import { connect, describe, resolveTarget, type Sql, type Target } from "./src/db.ts";
 import { EmbeddedPostgres } from "./src/embedded.ts";
-import { coerceError, PgnetError } from "./src/errors.ts";
+import { coerceError, errorCode, PgnetError } from "./src/errors.ts";
 import { install, installedVersion, setUnlogged, uninstall } from "./src/installer.ts";
 import { createLogger, type Logger } from "./src/log.ts";
 import { dieWithParent, relaunchForFetchLimit, serve } from "./src/runtime.ts";
@@ -15,6 +15,8 @@ import { PG_NET_API_VERSION, VERSION } from "./src/version.ts";
 import { Worker } from "./src/worker.ts";
 
 const USAGE_ERRORS = new Set(["INVALID_ARGUMENT", "INVALID_SETTING", "STATUS_TOKEN_REQUIRED", "CONFIRMATION_REQUIRED"]);
+// network failures, and PostgreSQL's invalid_password, invalid_authorization_specification, invalid_catalog_name
+const CONNECT_ERRORS = new Set(["ECONNREFUSED", "ENOTFOUND", "ETIMEDOUT", "EHOSTUNREACH", "CONNECT_TIMEOUT", "28P01", "28000", "3D000"]);
 
 /** Where to connect: the database given, or an embedded PostgreSQL started (and kept) in --data-dir. */
 async function openTarget(options: CliOptions, log: Logger): Promise<{ target: Target; close(): void }> {
@@ -169,7 +171,9 @@ main(options, log).then(
       console.error(`pgnet: ${e.message}`);
       process.exit(2);
     }
-    log.error(e.message, { code: code ?? (error as { code?: string }).code });
+    const cause = code ?? errorCode(error);
+    const message = cause && CONNECT_ERRORS.has(cause) ? `Cannot connect to the database: ${e.message}` : e.message;
+    log.error(message, { code: cause });
     process.exit(1);
   },
 );

@@ -329,9 +329,10 @@ async function main(): Promise<void> {
     if (only.has("hol")) report("head-of-line: last fast of 1,000 (ms)", await repeat(() => headOfLine(ctx, quick ? 100 : 1000)));
     if (only.has("backlog")) {
       const n = quick ? 5000 : 1_000_000;
-      const b = await backlog(ctx, n);
-      report(`backlog ${n} drain (req/s)`, Math.round(b.rate));
-      report(`backlog ${n} pgnet peak RSS (MB)`, Math.round(b.rssMb));
+      const drains = [];
+      for (let i = 0; i < runs; i++) drains.push(await backlog(ctx, n));
+      report(`backlog ${n} drain (req/s)`, stat(drains.map((b) => Math.round(b.rate))));
+      report(`backlog ${n} pgnet peak RSS (MB)`, stat(drains.map((b) => Math.round(b.rssMb))));
     }
     if (only.has("ceiling")) report(`target ceiling, fetch window ${window} (req/s)`, await repeat(() => ceiling(target, quick ? 5000 : 100_000, window)));
     if (only.has("idle")) report("idle statements per 5 s poll", await idleStatements(ctx, quick ? 10 : 30));

@@ -62,7 +62,7 @@ describe("flags", () => {
   test("a database that cannot be reached exits 1 and says why", () => {
     const { code, stderr } = runPgnet(["install", "--database", "postgres://nobody@127.0.0.1:1/none"]);
     expect(code).toBe(1);
-    expect(stderr).toContain("ECONNREFUSED");
+    expect(stderr).toContain("Cannot connect to the database: connect ECONNREFUSED 127.0.0.1:1");
   });
 });
 

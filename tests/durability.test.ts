@@ -151,6 +151,31 @@ test("SIGTERM under load loses nothing: unfinished requests go back to the queue
   }
 }, 90_000);
 
+test("two workers racing at a lease boundary both deliver, but only one response row is stored", async () => {
+  const a = await startWorker(db.url, { "poll-interval": "100ms" });
+  try {
+    const path = "/delay/1000";
+    const [{ id }] = await db.sql`select net.http_get(${fixture.url(path)}) as id` as unknown as [{ id: string }];
+    await waitFor(() => fixture.received(path).some((r) => header(r, "X-Pgnet-Request-Id")[0] === id), 5000, "A to send it");
+    // A's lease runs out mid-request, as when its renewals cannot reach the database
+    await db.sql`update net.http_request_queue set lease_until = now() - interval '1 second' where id = ${id}`;
+    const c = await startWorker(db.url, { "poll-interval": "100ms" });
+    try {
+      await waitFor(() => deliveries(fixture.received(path)).get(id) === 2, 5000, "a second delivery, by C");
+      await a.idle();
+      await c.idle();
+      const rows = await db.sql`select status_code from net._http_response where id = ${id}`;
+      expect(rows.map((r) => r.status_code)).toEqual([200]);
+      const [queued] = await db.sql`select count(*)::int as n from net.http_request_queue where id = ${id}`;
+      expect(queued!.n).toBe(0);
+    } finally {
+      await c.stop({ timeout: 1000 });
+    }
+  } finally {
+    await a.stop({ timeout: 1000 });
+  }
+});
+
 test("above Bun's fetch limit, pgnet relaunches itself with the limit raised, and kill -9 still stops it all", async () => {
   const parent = new PgnetProcess(["--database", db.url, "--status-port", "off", "--concurrency", "600"], { env: cleanEnv() });
   await parent.waitForLine(/worker started/);

@@ -1,0 +1,20 @@
+// The benchmark's quick mode, so the program keeps working (its figures are not asserted: timing goals live in
+// the benchmark itself, not in tests).
+
+import { expect, test } from "bun:test";
+import { spawnSync } from "node:child_process";
+import { ROOT } from "./helpers/binary.ts";
+
+test("npm run bench -- --quick --json reports every scenario", () => {
+  const run = spawnSync(process.execPath, ["src/bench.ts", "--quick", "--json"], { cwd: ROOT, encoding: "utf8", timeout: 240_000 });
+  expect(run.status).toBe(0);
+  const report = JSON.parse(run.stdout) as Record<string, unknown>;
+  const names = Object.keys(report);
+  for (const scenario of ["throughput GET", "throughput POST", "latency p50", "latency p99", "head-of-line", "backlog", "target ceiling", "idle statements"]) {
+    expect(names.some((n) => n.startsWith(scenario))).toBe(true);
+  }
+  for (const [name, value] of Object.entries(report)) {
+    const figure = typeof value === "number" ? value : (value as { median: number }).median;
+    expect({ name, positive: figure > 0 }).toEqual({ name, positive: true });
+  }
+}, 240_000);
