@@ -14,6 +14,8 @@ import { createStatusApp } from "./src/status.ts";
 import { PG_NET_API_VERSION, VERSION } from "./src/version.ts";
 import { Worker } from "./src/worker.ts";
 
+/** a signal this soon after the first is the same one delivered twice, not an operator insisting */
+const DUPLICATE_SIGNAL_MS = 500;
 const USAGE_ERRORS = new Set(["INVALID_ARGUMENT", "INVALID_SETTING", "STATUS_TOKEN_REQUIRED", "CONFIRMATION_REQUIRED"]);
 // network failures, and PostgreSQL's invalid_password, invalid_authorization_specification, invalid_catalog_name
 const CONNECT_ERRORS = new Set(["ECONNREFUSED", "ENOTFOUND", "ETIMEDOUT", "EHOSTUNREACH", "CONNECT_TIMEOUT", "28P01", "28000", "3D000"]);
@@ -92,13 +94,16 @@ async function runCommand(target: Target, options: CliOptions, log: Logger, onSt
   }
 
   return await new Promise<number>((resolve) => {
-    let stopping = false;
+    let stoppingSince = 0;
     const stop = (signal: string) => {
-      if (stopping) {
+      if (stoppingSince) {
+        // one Ctrl-C often arrives twice: the terminal signals the whole process group and npm forwards it too
+        if (Date.now() - stoppingSince < DUPLICATE_SIGNAL_MS) return;
         log.warn("second signal: exiting now", { signal });
+        onStop();
         process.exit(1);
       }
-      stopping = true;
+      stoppingSince = Date.now();
       log.info("stopping", { signal, inFlight: worker.status().inFlight });
       void (async () => {
         await worker.stop();

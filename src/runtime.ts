@@ -46,6 +46,8 @@ export function relaunchForFetchLimit(wanted: number): Promise<number> | null {
   const compiled = process.argv[1]?.startsWith("/$bunfs/") === true;
   const child = spawn(process.execPath, process.argv.slice(compiled ? 2 : 1), {
     stdio: ["pipe", "inherit", "inherit"],
+    // its own process group: a terminal's Ctrl-C reaches this process only, which passes it on once
+    detached: true,
     env: { ...process.env, BUN_CONFIG_MAX_HTTP_REQUESTS: String(wanted), [RELAUNCHED]: "1" },
   });
   for (const signal of ["SIGTERM", "SIGINT", "SIGHUP"] as const) process.on(signal, () => child.kill(signal));

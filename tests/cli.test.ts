@@ -193,6 +193,7 @@ describe("signals", () => {
     await waitFor(() => fixture.received("/never").length >= 1, 5000, "the request to be in flight");
     pgnet.signal("SIGTERM");
     await pgnet.waitForLine(/stopping signal=SIGTERM inFlight=1/);
+    await Bun.sleep(600); // a person's second Ctrl-C, not the same signal delivered twice
     pgnet.signal("SIGTERM");
     expect(await pgnet.exited).toBe(1);
     expect(pgnet.lines.some((l) => l.includes("second signal: exiting now"))).toBe(true);
@@ -202,6 +203,22 @@ describe("signals", () => {
 
 // Deno comes from the optional npm package @deno/linux-x64-glibc (the registry we use carries only that one)
 const deno = join(ROOT, "node_modules", "@deno", "linux-x64-glibc", "deno");
+
+describe("signals to a process group", () => {
+  test("Ctrl-C to the whole process group stops pgnet gracefully, relaunched child included", async () => {
+    // no BUN_CONFIG_MAX_HTTP_REQUESTS: the default window makes pgnet relaunch itself, as under `npm start`
+    const pgnet = new PgnetProcess(["--database", db.url, "--status-port", "off"], { detached: true });
+    await pgnet.waitForLine(/worker started/);
+    const ids = (await db.sql`select net.http_get(${fixture.url("/delay/800")}) as id from generate_series(1, 3)`).map((r) => r.id);
+    await waitFor(() => fixture.received("/delay/800").length >= 3, 5000, "the requests to be in flight");
+    process.kill(-pgnet.child.pid!, "SIGINT"); // what a terminal does: every process in the group
+    pgnet.signal("SIGINT"); // and what npm does: forward it once more
+    expect(await pgnet.exited).toBe(0);
+    expect(pgnet.lines.some((l) => l.includes("second signal"))).toBe(false);
+    const rows = await db.sql`select status_code from net._http_response where id = any(${ids}::bigint[])`;
+    expect(rows.map((r) => r.status_code)).toEqual([200, 200, 200]);
+  });
+});
 
 describe("Deno", () => {
   test.skipIf(!existsSync(deno))("pgnet runs under Deno too: it serves health and sends a request", async () => {
@@ -236,6 +253,8 @@ describe("first run", () => {
       expect(await first.stop()).toBe(0);
     }
     expect(existsSync(join(cwd, "pgnet-data", "postgres", "PG_VERSION"))).toBe(true);
+    // pgnet stopped the server it started
+    expect(existsSync(join(cwd, "pgnet-data", "postgres", "postmaster.pid"))).toBe(false);
     const second = new PgnetProcess(["--embedded-port", port, "--status-port", "0"], { cwd, env });
     try {
       await second.statusUrl();

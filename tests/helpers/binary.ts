@@ -54,9 +54,11 @@ export class PgnetProcess {
   readonly exited: Promise<number | null>;
 
   /** `command` defaults to the compiled binary; e.g. [deno, "run", "-A", "main.ts"] runs the source instead */
-  constructor(args: string[], options: { env?: Record<string, string>; cwd?: string; command?: string[] } = {}) {
+  /** `detached` puts it in a process group of its own, which a test can signal as a terminal would */
+  constructor(args: string[], options: { env?: Record<string, string>; cwd?: string; command?: string[]; detached?: boolean } = {}) {
     const [program, ...pre] = options.command ?? [binary()];
-    this.child = spawn(program!, [...pre, ...args], { cwd: options.cwd ?? emptyDir(), env: options.env ?? cleanEnv(), stdio: ["ignore", "pipe", "pipe"] });
+    this.child = spawn(program!, [...pre, ...args], {
+      detached: options.detached ?? false, cwd: options.cwd ?? emptyDir(), env: options.env ?? cleanEnv(), stdio: ["ignore", "pipe", "pipe"] });
     for (const stream of [this.child.stdout!, this.child.stderr!]) {
       let rest = "";
       stream.on("data", (chunk: Buffer) => {
