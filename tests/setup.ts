@@ -1,7 +1,10 @@
-// Preloaded by bun test (bunfig.toml): stops the shared PostgreSQL cluster after the last test file.
+// Preloaded by bun test (bunfig.toml): after the last test file, stops the shared PostgreSQL cluster and
+// removes the compiled binary and the working directories made for it.
 import { afterAll } from "bun:test";
+import { removeTemporaryDirs } from "./helpers/binary.ts";
 import { stopCluster } from "./helpers/cluster.ts";
 
 afterAll(async () => {
   await stopCluster();
+  removeTemporaryDirs();
 });

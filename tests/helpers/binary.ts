@@ -1,18 +1,31 @@
 // The compiled ./pgnet, built once per test run into a temporary directory, and ways to run it.
 
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
-import { chmodSync, mkdtempSync } from "node:fs";
+import { chmodSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { waitFor } from "./worker.ts";
 
 export const ROOT = resolve(import.meta.dir, "../..");
 let built: string | undefined;
+/** temporary directories made here, removed by removeTemporaryDirs() after the run */
+const made: string[] = [];
+
+function temporaryDir(prefix: string): string {
+  const dir = mkdtempSync(join(tmpdir(), prefix));
+  made.push(dir);
+  return dir;
+}
+
+export function removeTemporaryDirs(): void {
+  for (const dir of made.splice(0)) rmSync(dir, { recursive: true, force: true });
+  built = undefined;
+}
 
 /** Path of a freshly compiled pgnet executable (compile.sh into a temporary directory). */
 export function binary(): string {
   if (built) return built;
-  const out = join(mkdtempSync(join(tmpdir(), "pgnet-bin-")), "pgnet");
+  const out = join(temporaryDir("pgnet-bin-"), "pgnet");
   const result = spawnSync("bash", ["compile.sh"], { cwd: ROOT, env: { ...process.env, PGNET_OUT: out }, encoding: "utf8" });
   if (result.status !== 0) throw new Error(`compile.sh failed: ${result.stderr}${result.stdout}`);
   built = out;
@@ -21,7 +34,7 @@ export function binary(): string {
 
 /** A directory with nothing in it, so the binary cannot lean on the repository's node_modules. */
 export function emptyDir(): string {
-  const dir = mkdtempSync(join(tmpdir(), "pgnet-cwd-"));
+  const dir = temporaryDir("pgnet-cwd-");
   chmodSync(dir, 0o755); // an embedded PostgreSQL started as root runs as another account
   return dir;
 }
