@@ -24,13 +24,14 @@ export const fetchExtras: Record<string, unknown> = runtimeName === "bun" ? { de
 /**
  * How many fetches the runtime really runs at once. Bun runs 256 and queues the rest, with their timeout
  * clocks already running, unless BUN_CONFIG_MAX_HTTP_REQUESTS was set when the process started (setting it
- * later has no effect: measured, 1,000 fetches to a 500 ms endpoint peaked at ~300 sockets).
+ * later has no effect: measured, 1,000 fetches to a 500 ms endpoint peaked at ~300 sockets). Fixed for the
+ * life of the process, so it is read once.
  */
-export function fetchLimit(): number {
+export const FETCH_LIMIT: number = (() => {
   if (runtimeName !== "bun") return Number.POSITIVE_INFINITY;
   const configured = Number(process.env.BUN_CONFIG_MAX_HTTP_REQUESTS);
   return Number.isInteger(configured) && configured > 0 ? Math.min(configured, 65_535) : 256;
-}
+})();
 
 const RELAUNCHED = "PGNET_RELAUNCHED";
 
@@ -42,7 +43,7 @@ const RELAUNCHED = "PGNET_RELAUNCHED";
  * Returns null when no relaunch is needed (not Bun, the limit already suffices, or this is the child).
  */
 export function relaunchForFetchLimit(wanted: number): Promise<number> | null {
-  if (runtimeName !== "bun" || fetchLimit() >= wanted || process.env[RELAUNCHED]) return null;
+  if (runtimeName !== "bun" || FETCH_LIMIT >= wanted || process.env[RELAUNCHED]) return null;
   const compiled = process.argv[1]?.startsWith("/$bunfs/") === true;
   const child = spawn(process.execPath, process.argv.slice(compiled ? 2 : 1), {
     stdio: ["pipe", "inherit", "inherit"],

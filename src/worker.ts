@@ -6,7 +6,7 @@ import { connect, readDatabaseSettings, type Sql, type Target } from "./db.ts";
 import { coerceError, errorCode } from "./errors.ts";
 import { type HttpRequest, type HttpResult, performRequest } from "./http.ts";
 import type { Logger } from "./log.ts";
-import { fetchLimit } from "./runtime.ts";
+import { FETCH_LIMIT } from "./runtime.ts";
 import { WORKER_APPLICATION_NAME } from "./version.ts";
 
 /** NOTIFY channels: net.wake() and net.worker_restart() (sql/0001_net_api.sql). */
@@ -102,7 +102,7 @@ export class Worker {
 
   /** requests in flight at most: --concurrency, unless the runtime runs fewer fetches at once */
   get #window(): number {
-    return Math.min(this.settings.concurrency, fetchLimit());
+    return Math.min(this.settings.concurrency, FETCH_LIMIT);
   }
 
   /** Connects, reads settings, starts listening and polling. Rejects if the first connection fails. */
@@ -184,11 +184,11 @@ export class Worker {
         onInvalidDatabaseValue: (name, value, reason, fallback) =>
           this.#log.warn(`invalid ${name}, using the default`, { value, reason, default: fallback }),
       });
-      const limit = fetchLimit();
-      if (this.#resolved.settings.concurrency > limit) {
+      const { concurrency } = this.settings;
+      if (this.#window < concurrency) {
         this.#log.warn(
-          `concurrency ${this.#resolved.settings.concurrency} is above the ${limit} fetches the runtime runs at once: ` +
-            `using ${limit}; start pgnet with BUN_CONFIG_MAX_HTTP_REQUESTS=${this.#resolved.settings.concurrency} to allow more`,
+          `concurrency ${concurrency} is above the ${this.#window} fetches the runtime runs at once: using ` +
+            `${this.#window}; start pgnet with BUN_CONFIG_MAX_HTTP_REQUESTS=${concurrency} to allow more`,
         );
       }
     } finally {
