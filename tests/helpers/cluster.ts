@@ -2,12 +2,11 @@
 // the SQL API installed.
 
 import { chmodSync, mkdtempSync, rmSync } from "node:fs";
-import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import postgres from "postgres";
 import { connect, type Sql } from "../../src/db.ts";
-import { EmbeddedPostgres } from "../../src/embedded.ts";
+import { EmbeddedPostgres, freePort } from "../../src/embedded.ts";
 import { install } from "../../src/installer.ts";
 
 const TEMPLATE = "pgnet_template";
@@ -20,18 +19,6 @@ interface Cluster {
 
 let started: Promise<Cluster> | undefined;
 let counter = 0;
-
-/** A free TCP port on 127.0.0.1 (asks the kernel for one, then releases it). */
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once("error", reject);
-    server.listen(0, "127.0.0.1", () => {
-      const { port } = server.address() as { port: number };
-      server.close(() => resolve(port));
-    });
-  });
-}
 
 async function startCluster(): Promise<Cluster> {
   const root = mkdtempSync(join(tmpdir(), "pgnet-test-"));
