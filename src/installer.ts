@@ -44,7 +44,7 @@ export async function installedVersion(sql: Sql): Promise<number> {
 
 /**
  * Makes the queue and response tables unlogged: pg_net's mode, faster to write, emptied by a crash and not
- * replicated. `ALTER TABLE net.http_request_queue, net._http_response SET LOGGED` (one by one) undoes it.
+ * replicated. `ALTER TABLE net.http_request_queue SET LOGGED` and the same for net._http_response undo it.
  */
 export async function setUnlogged(sql: Sql): Promise<void> {
   await sql.begin(async (tx) => {

@@ -45,6 +45,3 @@ export function createLogger(options: LoggerOptions): Logger {
   };
   return { debug: log("debug"), info: log("info"), warn: log("warn"), error: log("error") };
 }
-
-/** A logger that drops everything (tests that don't look at logs). */
-export const silentLogger: Logger = { debug() {}, info() {}, warn() {}, error() {} };
