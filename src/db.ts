@@ -25,9 +25,17 @@ export function resolveTarget(arg: string | undefined, env: Record<string, strin
 
 export type ConnectOptions = Omit<postgres.Options<Record<string, never>>, "database">;
 
+/**
+ * A postgres.js client for pgnet. `fetch_types: false`: postgres.js otherwise runs an array-types query on every
+ * new connection and drops its promise, so when that query fails (the connection is terminated, PostgreSQL
+ * restarts, a statement_timeout cancels it) the rejection is unhandled and the runtime exits
+ * (porsager/postgres#1192, #1205, #1223, open in 3.4.9). Without it, JS arrays are not serialised as parameters:
+ * pass lists as text, e.g. string_to_array(${ids.join(",")}, ',')::bigint[].
+ */
 export function connect(target: Target, options: ConnectOptions = {}): Sql {
   const merged = {
     onnotice: () => {},
+    fetch_types: false,
     ...options,
     connection: { application_name: APPLICATION_NAME, ...options.connection },
   };

@@ -404,7 +404,7 @@ export class Worker {
         await this.#sql`
           update net.http_request_queue
              set lease_until = now() + make_interval(secs => ${this.settings.leaseMs / 1000})
-           where id = any(${ids}::bigint[]) and claimed_by = ${this.id}
+           where id = any(string_to_array(${ids.join(",")}, ',')::bigint[]) and claimed_by = ${this.id}
         `.catch((error) => this.#fail("cannot renew leases", error));
       }
       if (!this.#stopping) this.#scheduleLeaseRenewal();
@@ -435,7 +435,7 @@ export class Worker {
       // give them back now rather than when the lease ends; they may have been sent: at-least-once
       await this.#sql`
         update net.http_request_queue set claimed_by = null, lease_until = null
-         where id = any(${unfinished}::bigint[]) and claimed_by = ${this.id}
+         where id = any(string_to_array(${unfinished.join(",")}, ',')::bigint[]) and claimed_by = ${this.id}
       `.catch((error) => this.#fail("cannot release unfinished requests", error));
       this.#log.warn("unfinished requests returned to the queue", { count: unfinished.length });
     }

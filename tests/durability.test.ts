@@ -3,6 +3,7 @@
 
 import { afterAll, beforeAll, expect, test } from "bun:test";
 import { existsSync, readFileSync } from "node:fs";
+import { connect } from "../src/db.ts";
 import { install, uninstall } from "../src/installer.ts";
 import { cleanEnv, PgnetProcess } from "./helpers/binary.ts";
 import { createDatabase, type TestDatabase } from "./helpers/cluster.ts";
@@ -150,6 +151,28 @@ test("SIGTERM under load loses nothing: unfinished requests go back to the queue
     expect(await second.stop()).toBe(0);
   }
 }, 90_000);
+
+test("a connection whose first query fails cannot crash pgnet (postgres.js internal type query, #1192)", async () => {
+  // statement_timeout = 1ms cancels the first query of every session of this role
+  const password = decodeURIComponent(new URL(db.url).password);
+  await db.sql.unsafe(`create role pgnet_hasty login password '${password}'; alter role pgnet_hasty set statement_timeout = '1ms'`);
+  const url = Object.assign(new URL(db.url), { username: "pgnet_hasty" }).toString();
+  let unhandled = 0;
+  const count = () => unhandled++;
+  process.on("unhandledRejection", count);
+  try {
+    for (let i = 0; i < 10; i++) {
+      const sql = connect({ url }, { max: 1 });
+      await sql`select pg_sleep(0)`.catch(() => {});
+      await sql.end();
+    }
+    await Bun.sleep(100);
+    expect(unhandled).toBe(0);
+  } finally {
+    process.off("unhandledRejection", count);
+    await db.sql.unsafe("drop role pgnet_hasty");
+  }
+});
 
 test("two workers racing at a lease boundary both deliver, but only one response row is stored", async () => {
   const a = await startWorker(db.url, { "poll-interval": "100ms" });

@@ -103,9 +103,11 @@ export class PgnetProcess {
     this.child.kill(name);
   }
 
-  /** SIGTERM, then the exit code. */
+  /** SIGTERM, then the exit code; a non-zero one comes with the process's log, to say why. */
   async stop(): Promise<number | null> {
     if (this.child.exitCode === null) this.signal("SIGTERM");
-    return await this.exited;
+    const code = await this.exited;
+    if (code !== 0) console.error(`pgnet exited ${code}; its log:\n${this.lines.join("\n")}`);
+    return code;
   }
 }

@@ -61,14 +61,16 @@ export async function createDatabase(options: { installed?: boolean } = {}): Pro
   const name = `test_${process.pid}_${++counter}`;
   await admin.unsafe(`create database ${name}${options.installed === false ? "" : ` template ${TEMPLATE}`}`);
   const url = pg.url(name);
+  // tests pass JS arrays as parameters, which postgres.js serialises only with fetch_types (see connect())
+  const open = () => connect({ url }, { max: 4, fetch_types: true });
   const db: TestDatabase = {
     name,
     url,
-    sql: connect({ url }, { max: 4 }),
+    sql: open(),
     pg,
     async reconnect() {
       await db.sql.end({ timeout: 1 }).catch(() => {});
-      db.sql = connect({ url }, { max: 4 });
+      db.sql = open();
     },
     async drop() {
       await db.sql.end({ timeout: 1 });
