@@ -4,10 +4,10 @@
 import { join } from "node:path";
 import { type CliOptions, parseCli, usage } from "./src/cli.ts";
 import { resolveSettings } from "./src/config.ts";
-import { connect, describe, resolveTarget, type Sql, type Target } from "./src/db.ts";
+import { installCommand, statusCommand, uninstallCommand, withSql } from "./src/commands.ts";
+import { connect, describe, resolveTarget, type Target } from "./src/db.ts";
 import { EmbeddedPostgres } from "./src/embedded.ts";
 import { coerceError, errorCode, PgnetError } from "./src/errors.ts";
-import { install, installedVersion, setUnlogged, uninstall } from "./src/installer.ts";
 import { createLogger, type Logger } from "./src/log.ts";
 import { dieWithParent, relaunchForFetchLimit, serve } from "./src/runtime.ts";
 import { createStatusApp } from "./src/status.ts";
@@ -32,43 +32,6 @@ async function openTarget(options: CliOptions, log: Logger): Promise<{ target: T
     psql: `PGPASSWORD=$(cat ${pg.passwordFile}) psql -h 127.0.0.1 -p ${pg.port} -U ${pg.user} postgres`,
   });
   return { target: { url: pg.url() }, close: () => started && pg.stop("fast") };
-}
-
-async function withSql<T>(target: Target, fn: (sql: Sql) => Promise<T>): Promise<T> {
-  const sql = connect(target, { max: 2, connect_timeout: 10 });
-  try {
-    return await fn(sql);
-  } finally {
-    await sql.end({ timeout: 2 });
-  }
-}
-
-async function installCommand(sql: Sql, options: CliOptions, log: Logger): Promise<void> {
-  const result = await install(sql);
-  if (result.applied.length > 0) log.info("installed schema net", { version: result.version, applied: result.applied });
-  else log.info("schema net is up to date", { version: result.version });
-  if (options.unlogged) {
-    await setUnlogged(sql);
-    log.info("queue and response tables are unlogged: faster, and emptied by a PostgreSQL crash");
-  }
-}
-
-async function statusCommand(sql: Sql): Promise<void> {
-  const version = await installedVersion(sql);
-  const report: Record<string, unknown> = { pgnet: VERSION, database: describe(sql), installedVersion: version };
-  if (version > 0) {
-    const [queue] = await sql`
-      select count(*)::int as queued, count(claimed_by)::int as claimed, min(enqueued_at) as oldest
-        from net.http_request_queue
-    `;
-    const [responses] = await sql`select count(*)::int as stored from net._http_response`;
-    const workers = await sql`
-      select pid, application_name, client_addr::text, backend_start from pg_stat_activity
-       where datname = current_database() and application_name like 'pgnet % worker'
-    `;
-    Object.assign(report, { queue, responses, workers });
-  }
-  console.log(JSON.stringify(report, null, 2));
 }
 
 /** Runs until a signal. `onForcedExit` cleans up before a second signal ends the process without unwinding. */
@@ -151,8 +114,7 @@ async function main(options: CliOptions, log: Logger): Promise<number> {
     await withSql(target, async (sql) => {
       if (options.command === "install") await installCommand(sql, options, log);
       else if (options.command === "status") await statusCommand(sql);
-      else if (await uninstall(sql)) log.info("dropped schema net");
-      else log.info("schema net is not installed: nothing to drop");
+      else await uninstallCommand(sql, log);
     });
     return 0;
   } finally {

@@ -5,28 +5,8 @@ import { lookup } from "node:dns/promises";
 import { isIP } from "node:net";
 import { errorCode } from "./errors.ts";
 import { fetchExtras } from "./runtime.ts";
+import type { QueuedRequest, ResponseRow } from "./queue.ts";
 import { USER_AGENT } from "./version.ts";
-
-export interface HttpRequest {
-  id: string;
-  method: string;
-  url: string;
-  /** the queue row's headers jsonb, as parsed by the driver: an object, or anything a direct insert put there */
-  headers: unknown;
-  body: Uint8Array | null;
-  timeoutMs: number;
-}
-
-/** A row of net._http_response, less `created`. */
-export interface HttpResult {
-  id: string;
-  status_code: number | null;
-  content_type: string | null;
-  headers: Record<string, string> | null;
-  content: string | null;
-  timed_out: boolean;
-  error_msg: string | null;
-}
 
 export interface HttpOptions {
   /** bodies over this many bytes become an error row */
@@ -73,7 +53,7 @@ class RequestError extends Error {}
 type Stage = "dns" | "http" | "body";
 
 /** Runs one request and describes the outcome as a response row. Every failure becomes error_msg. */
-export async function performRequest(request: HttpRequest, options: HttpOptions): Promise<HttpResult> {
+export async function performRequest(request: QueuedRequest, options: HttpOptions): Promise<ResponseRow> {
   const started = performance.now();
   const timeoutMs = request.timeoutMs > 0 ? Math.min(request.timeoutMs, MAX_TIMEOUT_MS) : 0;
   const signal = timeoutMs > 0 ? AbortSignal.timeout(timeoutMs) : undefined;
@@ -150,7 +130,7 @@ function parseTarget(text: string): URL {
 }
 
 /** The caller's headers in jsonb order, then pg_net's User-Agent unless the caller set one. */
-function buildHeaders(request: HttpRequest): Headers {
+function buildHeaders(request: QueuedRequest): Headers {
   const given = request.headers ?? {};
   if (typeof given !== "object" || Array.isArray(given)) {
     throw new RequestError(`headers must be a JSON object, got ${JSON.stringify(given)}`);
@@ -233,7 +213,7 @@ function contentLength(headers: Headers): number | null {
 // keeps a UTF-8 BOM, as pg_net does; invalid sequences become U+FFFD (PostgreSQL text must be valid UTF-8)
 const decoder = new TextDecoder("utf-8", { ignoreBOM: true });
 
-function success(id: string, response: Response, bytes: Uint8Array): HttpResult {
+function success(id: string, response: Response, bytes: Uint8Array): ResponseRow {
   // PostgreSQL text cannot hold NUL: like pg_net, keep what comes before the first one
   const nul = bytes.indexOf(0);
   const text = decoder.decode(nul === -1 ? bytes : bytes.subarray(0, nul));
@@ -248,7 +228,7 @@ function success(id: string, response: Response, bytes: Uint8Array): HttpResult 
   };
 }
 
-function failure(id: string, message: string, timedOut: boolean): HttpResult {
+function failure(id: string, message: string, timedOut: boolean): ResponseRow {
   return {
     id,
     status_code: null,

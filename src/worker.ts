@@ -1,17 +1,17 @@
-// The queue worker: claims requests under a lease, runs them in a sliding window, stores results in batches.
+// One database's pump: claims requests under a lease when slots are free, runs them in a sliding window,
+// hands results to the writer, and stops in order.
 
 import { randomUUID } from "node:crypto";
 import { resolveSettings, type ResolvedSettings, type SettingValues, type WorkerSettings } from "./config.ts";
 import { connect, readDatabaseSettings, type Sql, type Target } from "./db.ts";
 import { coerceError, errorCode } from "./errors.ts";
-import { type HttpRequest, type HttpResult, performRequest } from "./http.ts";
+import { performRequest } from "./http.ts";
+import { CONTROL_CHANNEL, Listener, WAKE_CHANNEL } from "./listener.ts";
 import type { Logger } from "./log.ts";
+import { Queue, type QueuedRequest, type ResponseRow } from "./queue.ts";
 import { FETCH_LIMIT } from "./runtime.ts";
-import { WORKER_APPLICATION_NAME } from "./version.ts";
-
-/** NOTIFY channels: net.wake() and net.worker_restart() (sql/0001_net_api.sql). */
-export const WAKE_CHANNEL = "pgnet_wake";
-export const CONTROL_CHANNEL = "pgnet_control";
+import { backoffMs, Timers } from "./timers.ts";
+import { SCHEMA_MISSING, Writer } from "./writer.ts";
 
 export interface WorkerOptions {
   target: Target;
@@ -39,51 +39,27 @@ export interface WorkerStatus {
   lastError: { message: string; at: number } | null;
 }
 
-// Rows stored per write statement; a larger backlog of results is written in several statements. Writes are
-// group-committed: results that finish during a write go into the next one. Measured, 10,000 requests to a
-// local target: 139 claim and 157 write statements (about 64 rows a write, 3 statements per 100 requests);
-// one request at a time, a write carries one row (commit→stored p50 0.85 ms, p99 7.5 ms).
-const WRITE_BATCH = 1000;
-
-// SQLSTATEs meaning schema net, or part of it, is not there: undefined_table, invalid_schema_name,
-// undefined_function, undefined_column, undefined_object
-const SCHEMA_MISSING = new Set(["42P01", "3F000", "42883", "42703", "42704"]);
-
-/**
- * Reconnect and retry delays: capped, jittered, exponential. Attempt n waits
- * min(10 s, 100 ms · 2^n) · [0.5, 1): about 0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4, then 10 s at most.
- */
-export function backoffMs(attempt: number): number {
-  return Math.min(10_000, 100 * 2 ** attempt) * (0.5 + Math.random() / 2);
-}
-
-interface ClaimedRow {
-  expired: number;
-  id: string | null;
-  method: string;
-  url: string;
-  headers: unknown;
-  body: Uint8Array | null;
-  timeout_milliseconds: number;
+/** The database side of a worker: a pool for its statements and the LISTEN session. Replaced on restart. */
+interface Connections {
+  sql: Sql;
+  queue: Queue;
+  listener: Listener;
 }
 
 export class Worker {
   readonly id = randomUUID();
-  #options: WorkerOptions;
-  #log: Logger;
+  readonly #options: WorkerOptions;
+  readonly #log: Logger;
+  readonly #timers = new Timers();
+  readonly #writer: Writer;
   #resolved!: ResolvedSettings;
   #state: WorkerState = "starting";
-  #sql: Sql | null = null;
-  #listener: Sql | null = null;
-  #listening = false;
+  #db: Connections | null = null;
   #inFlight = new Set<string>();
-  #pending: HttpResult[] = [];
-  #writing: Promise<void> | null = null;
   #pumping = false;
   #wanted = false;
   #backlog = false;
   #failures = 0;
-  #timers = new Set<ReturnType<typeof setTimeout>>();
   #stopping: Promise<void> | null = null;
   #restarting: Promise<void> | null = null;
   #counters = { succeeded: 0, failed: 0, timedOut: 0, claimed: 0 };
@@ -94,6 +70,11 @@ export class Worker {
   constructor(options: WorkerOptions) {
     this.#options = options;
     this.#log = options.logger;
+    this.#writer = new Writer({
+      store: (results) => this.#db!.queue.store(results),
+      onFail: (message, error) => this.#fail(message, error),
+      onStored: () => this.#progress(),
+    });
   }
 
   get settings(): WorkerSettings {
@@ -108,8 +89,9 @@ export class Worker {
   /** Connects, reads settings, starts listening and polling. Rejects if the first connection fails. */
   async start(): Promise<void> {
     await this.#loadSettings();
-    await this.#openConnections();
+    this.#db = await this.#connect();
     this.#state = "running";
+    this.#kick(); // the listener's catch-up ran before the connections were in place
     this.#schedulePoll();
     this.#scheduleLeaseRenewal();
     this.#log.info("worker started", { worker: this.id, ...this.settings });
@@ -122,7 +104,7 @@ export class Worker {
     this.#kick();
   }
 
-  /** Re-reads settings and replaces both connections. In-flight requests carry on. One restart at a time. */
+  /** Re-reads settings and replaces the connections. In-flight requests carry on. One restart at a time. */
   restart(): Promise<void> {
     if (this.#stopping) return Promise.resolve();
     this.#restarting ??= this.#reconnect().finally(() => {
@@ -135,10 +117,10 @@ export class Worker {
     this.#log.info("worker restarting");
     await this.#loadSettings();
     if (this.#stopping) return; // shutdown closes the current connections
-    const old = [this.#sql, this.#listener];
-    this.#listening = false;
-    await this.#openConnections();
-    await Promise.all(old.map((sql) => sql?.end({ timeout: 5 }).catch(() => {})));
+    const old = this.#db;
+    this.#db = await this.#connect();
+    this.#kick();
+    await closeConnections(old);
     this.#log.info("worker restarted", { ...this.settings });
   }
 
@@ -152,12 +134,13 @@ export class Worker {
   }
 
   status(): WorkerStatus {
+    const connected = this.#db?.listener.listening ?? false;
     return {
       workerId: this.id,
-      state: this.#state,
-      connected: this.#listening,
+      state: this.#state === "running" && !connected ? "reconnecting" : this.#state,
+      connected,
       inFlight: this.#inFlight.size,
-      pendingWrites: this.#pending.length,
+      pendingWrites: this.#writer.pending.length,
       counters: { ...this.#counters },
       settings: { ...this.settings },
       sources: { ...this.#resolved.sources },
@@ -168,8 +151,9 @@ export class Worker {
 
   /** Resolves once nothing is in flight and every result is stored (tests, shutdown). */
   async idle(): Promise<void> {
-    while (this.#inFlight.size > 0 || this.#pending.length > 0 || this.#writing) {
-      await (this.#writing ?? new Promise((r) => setTimeout(r, 10)));
+    while (this.#inFlight.size > 0 || this.#writer.busy) {
+      if (this.#writer.busy) await this.#writer.drained();
+      else await new Promise((r) => setTimeout(r, 10));
     }
   }
 
@@ -196,50 +180,28 @@ export class Worker {
     }
   }
 
-  async #openConnections(): Promise<void> {
+  async #connect(): Promise<Connections> {
     const { target } = this.#options;
     const sql = connect(target, { max: 4, connect_timeout: 10, idle_timeout: 60 });
-    const listener = connect(target, {
-      max: 1,
-      connect_timeout: 10,
-      idle_timeout: 0,
-      max_lifetime: null,
-      connection: { application_name: WORKER_APPLICATION_NAME },
-      onnotify: (channel: string, payload: string) => this.#onNotify(channel, payload),
-      onclose: () => {
-        if (this.#listener !== listener) return;
-        this.#listening = false;
-        if (!this.#stopping) this.#relisten(listener, 0);
+    const listener = new Listener({
+      target,
+      timers: this.#timers,
+      onNotify: (channel, payload) => this.#onNotify(channel, payload),
+      onListen: () => {
+        this.#progress();
+        // catch up: requests queued while nobody was listening, and rows inserted directly into the queue
+        this.#kick();
       },
-    } as Parameters<typeof connect>[1]);
-    this.#sql = sql;
-    this.#listener = listener;
-    await this.#listen(listener);
-  }
-
-  async #listen(listener: Sql): Promise<void> {
-    await listener`listen ${listener(WAKE_CHANNEL)}`;
-    await listener`listen ${listener(CONTROL_CHANNEL)}`;
-    if (this.#listener !== listener) return;
-    this.#listening = true;
-    this.#progress();
-    // catch up: requests queued while nobody was listening, and rows inserted directly into the queue
-    this.#kick();
-  }
-
-  #relisten(listener: Sql, attempt: number): void {
-    this.#state = "reconnecting";
-    this.#after(backoffMs(attempt), async () => {
-      if (this.#listener !== listener || this.#stopping) return;
-      try {
-        await this.#listen(listener);
-        this.#state = "running";
-        this.#log.info("reconnected");
-      } catch (error) {
-        this.#fail("cannot listen for notifications", error);
-        this.#relisten(listener, attempt + 1);
-      }
+      onReconnect: () => this.#log.info("reconnected"),
+      onFail: (message, error) => this.#fail(message, error),
     });
+    try {
+      await listener.start();
+    } catch (error) {
+      await closeConnections({ sql, listener, queue: null as never });
+      throw error;
+    }
+    return { sql, queue: new Queue(sql, this.id), listener };
   }
 
   #onNotify(channel: string, payload: string): void {
@@ -252,7 +214,7 @@ export class Worker {
   /** Asks for a claim pass; passes never overlap, and one asked for during a pass runs right after it. */
   #kick(): void {
     this.#wanted = true;
-    if (!this.#pumping && !this.#stopping && this.#sql) void this.#pump();
+    if (!this.#pumping && !this.#stopping && this.#db) void this.#pump();
   }
 
   async #pump(): Promise<void> {
@@ -268,10 +230,12 @@ export class Worker {
             break;
           }
           const limit = Math.min(free, this.settings.batchSize);
-          const { rows, expired } = await this.#claim(limit);
-          for (const row of rows) this.#dispatch(row);
+          const { requests, expired } = await this.#db!.queue.claim(limit, this.settings);
+          this.#progress();
+          this.#counters.claimed += requests.length;
+          for (const request of requests) this.#dispatch(request);
           if (expired >= this.settings.batchSize) this.#wanted = true; // more responses to expire
-          this.#backlog = rows.length === limit;
+          this.#backlog = requests.length === limit;
           if (!this.#backlog) break;
         }
       }
@@ -289,130 +253,42 @@ export class Worker {
         }
       } else {
         this.#fail("cannot claim requests", error);
-        this.#after(backoffMs(this.#failures++), () => this.#kick());
+        this.#timers.after(backoffMs(this.#failures++), () => this.#kick());
       }
     } finally {
       this.#pumping = false;
     }
   }
 
-  /** One statement: expire old responses (bounded), claim up to `limit` ready requests under a lease. */
-  async #claim(limit: number): Promise<{ rows: HttpRequest[]; expired: number }> {
-    const { batchSize, ttlSeconds, leaseMs } = this.settings;
-    const rows = await this.#sql!<ClaimedRow[]>`
-      with expired as (
-        delete from net._http_response r
-         using (select ctid from net._http_response
-                 where created < now() - make_interval(secs => ${ttlSeconds})
-                 order by created
-                 limit ${batchSize}) old
-         where r.ctid = old.ctid
-        returning 1
-      ), claimable as (
-        select id from net.http_request_queue
-         where (lease_until is null or lease_until < now())
-           and (not_before is null or not_before <= now())
-         order by id
-         limit ${limit}
-           for update skip locked
-      ), claimed as (
-        update net.http_request_queue q
-           set claimed_by = ${this.id},
-               lease_until = now() + make_interval(secs => ${leaseMs / 1000}),
-               attempts = q.attempts + 1
-          from claimable c
-         where q.id = c.id
-        returning q.id, q.method, q.url, q.headers, q.body, q.timeout_milliseconds
-      )
-      select (select count(*) from expired)::int as expired, c.*
-        from (select) one
-        left join claimed c on true
-    `;
-    this.#progress();
-    const claimed = rows.filter((row) => row.id !== null).map((row) => ({
-      id: row.id!,
-      method: row.method,
-      url: row.url,
-      headers: row.headers,
-      body: row.body,
-      timeoutMs: row.timeout_milliseconds,
-    }));
-    this.#counters.claimed += claimed.length;
-    return { rows: claimed, expired: rows[0]?.expired ?? 0 };
-  }
-
-  #dispatch(request: HttpRequest): void {
+  #dispatch(request: QueuedRequest): void {
     this.#inFlight.add(request.id);
     void performRequest(request, { maxResponseBytes: this.settings.maxResponseBytes }).then((result) => {
       if (!this.#inFlight.delete(request.id)) return; // given back at shutdown
-      if (result.timed_out) this.#counters.timedOut++;
-      else if (result.error_msg !== null) this.#counters.failed++;
-      else this.#counters.succeeded++;
-      this.#pending.push(result);
-      this.#writing ??= this.#flush();
+      this.#count(result);
+      this.#writer.push(result);
       if (this.#backlog) this.#kick();
     });
   }
 
-  /** Writes buffered results; results that arrive during a write go in the next one (group commit). */
-  async #flush(): Promise<void> {
-    let attempt = 0;
-    try {
-      while (this.#pending.length > 0) {
-        const batch = this.#pending.splice(0, WRITE_BATCH);
-        try {
-          await this.#store(batch);
-          attempt = 0;
-        } catch (error) {
-          if (SCHEMA_MISSING.has(errorCode(error) ?? "")) {
-            // their queue rows went with the schema; a new install restarts ids at 1, so never store them there
-            this.#fail(`schema net is gone: dropping ${batch.length} results of requests it held`, error);
-            continue;
-          }
-          this.#pending.unshift(...batch);
-          this.#fail("cannot store responses", error);
-          if (this.#stopping && attempt >= 3) return;
-          await new Promise((r) => setTimeout(r, backoffMs(attempt++)));
-        }
-      }
-    } finally {
-      this.#writing = null;
-    }
-  }
-
-  /** One statement stores the responses and removes their queue rows; a response already stored wins. */
-  async #store(results: HttpResult[]): Promise<void> {
-    await this.#sql!`
-      with results as (
-        select * from jsonb_to_recordset(${JSON.stringify(results)}::text::jsonb) as r(
-          id bigint, status_code int, content_type text, headers jsonb, content text, timed_out bool, error_msg text)
-      ), stored as (
-        insert into net._http_response (id, status_code, content_type, headers, content, timed_out, error_msg)
-        select id, status_code, content_type, headers, content, timed_out, error_msg from results
-        on conflict (id) do nothing
-      )
-      delete from net.http_request_queue q using results r where q.id = r.id
-    `;
-    this.#progress();
+  #count(result: ResponseRow): void {
+    if (result.timed_out) this.#counters.timedOut++;
+    else if (result.error_msg !== null) this.#counters.failed++;
+    else this.#counters.succeeded++;
   }
 
   /** Extends the lease of everything this worker holds, so long requests are not claimed twice. */
   #scheduleLeaseRenewal(): void {
-    this.#after(this.settings.leaseMs / 3, async () => {
-      const ids = [...this.#inFlight, ...this.#pending.map((r) => r.id)];
-      if (ids.length > 0 && this.#sql) {
-        await this.#sql`
-          update net.http_request_queue
-             set lease_until = now() + make_interval(secs => ${this.settings.leaseMs / 1000})
-           where id = any(string_to_array(${ids.join(",")}, ',')::bigint[]) and claimed_by = ${this.id}
-        `.catch((error) => this.#fail("cannot renew leases", error));
+    this.#timers.after(this.settings.leaseMs / 3, async () => {
+      const ids = [...this.#inFlight, ...this.#writer.pending.map((r) => r.id)];
+      if (ids.length > 0 && this.#db) {
+        await this.#db.queue.renew(ids, this.settings.leaseMs).catch((error) => this.#fail("cannot renew leases", error));
       }
       if (!this.#stopping) this.#scheduleLeaseRenewal();
     });
   }
 
   #schedulePoll(): void {
-    this.#after(this.settings.pollIntervalMs, () => {
+    this.#timers.after(this.settings.pollIntervalMs, () => {
       this.#kick();
       if (!this.#stopping) this.#schedulePoll();
     });
@@ -420,7 +296,6 @@ export class Worker {
 
   async #shutdown(timeoutMs: number): Promise<void> {
     this.#state = "stopping";
-    for (const timer of this.#timers) clearTimeout(timer);
     this.#timers.clear();
     const deadline = Date.now() + timeoutMs;
     while (this.#inFlight.size > 0 && Date.now() < deadline) {
@@ -429,30 +304,17 @@ export class Worker {
     await this.#restarting?.catch(() => {}); // so no connection it opens outlives the shutdown
     const unfinished = [...this.#inFlight];
     this.#inFlight.clear();
-    await this.#writing;
-    if (this.#pending.length > 0) await this.#flush();
-    if (unfinished.length > 0 && this.#sql) {
+    await this.#writer.stop();
+    const db = this.#db;
+    if (unfinished.length > 0 && db) {
       // give them back now rather than when the lease ends; they may have been sent: at-least-once
-      await this.#sql`
-        update net.http_request_queue set claimed_by = null, lease_until = null
-         where id = any(string_to_array(${unfinished.join(",")}, ',')::bigint[]) and claimed_by = ${this.id}
-      `.catch((error) => this.#fail("cannot release unfinished requests", error));
+      await db.queue.release(unfinished).catch((error) => this.#fail("cannot release unfinished requests", error));
       this.#log.warn("unfinished requests returned to the queue", { count: unfinished.length });
     }
-    const connections = [this.#sql, this.#listener];
-    this.#sql = this.#listener = null;
-    this.#listening = false;
-    await Promise.all(connections.map((sql) => sql?.end({ timeout: 5 }).catch(() => {})));
+    this.#db = null;
+    await closeConnections(db);
     this.#state = "stopped";
-    this.#log.info("worker stopped", { lost: this.#pending.length });
-  }
-
-  #after(ms: number, fn: () => unknown): void {
-    const timer = setTimeout(() => {
-      this.#timers.delete(timer);
-      void fn();
-    }, ms);
-    this.#timers.add(timer);
+    this.#log.info("worker stopped", { lost: this.#writer.lost });
   }
 
   #progress(): void {
@@ -464,4 +326,9 @@ export class Worker {
     this.#lastError = { message: `${message}: ${e.message}`, at: Date.now() };
     this.#log.error(message, { error: e, code: errorCode(error) });
   }
+}
+
+async function closeConnections(db: Connections | null): Promise<void> {
+  if (!db) return;
+  await Promise.all([db.listener.close(), db.sql.end({ timeout: 5 }).catch(() => {})]);
 }

@@ -4,7 +4,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import type { Worker } from "../src/worker.ts";
 import { createDatabase, type TestDatabase } from "./helpers/cluster.ts";
 import { Fixture } from "./helpers/fixture.ts";
-import { memoryLogger, responseFor, startWorker, type ResponseRow } from "./helpers/worker.ts";
+import { memoryLogger, responseFor, startWorker, type StoredResponse } from "./helpers/worker.ts";
 
 let db: TestDatabase;
 let fixture: Fixture;
@@ -35,14 +35,14 @@ async function direct(row: { method?: string; url: string; headers?: string | nu
 }
 
 /** The bad request's row, after checking that a normal request queued right after it succeeds. */
-async function thenNormal(badId: string): Promise<ResponseRow> {
+async function thenNormal(badId: string): Promise<StoredResponse> {
   const [{ id }] = await db.sql`select net.http_get(${fixture.url("/status/200")}) as id` as unknown as [{ id: string }];
   const normal = await responseFor(db.sql, id);
   expect([normal.status_code, normal.error_msg]).toEqual([200, null]);
   return await responseFor(db.sql, badId);
 }
 
-function failed(row: ResponseRow, message: string | RegExp, timedOut = false): void {
+function failed(row: StoredResponse, message: string | RegExp, timedOut = false): void {
   expect(row.status_code).toBeNull();
   expect(row.timed_out).toBe(timedOut);
   if (typeof message === "string") expect(row.error_msg).toBe(message);

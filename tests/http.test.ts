@@ -7,7 +7,8 @@ import { createServer, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createServer as createTlsServer, type Server as TlsServer } from "node:tls";
-import { performRequest, type HttpOptions, type HttpRequest, type HttpResult } from "../src/http.ts";
+import { type HttpOptions, performRequest } from "../src/http.ts";
+import type { QueuedRequest, ResponseRow } from "../src/queue.ts";
 import { Fixture, header, type Received } from "./helpers/fixture.ts";
 
 const OPTIONS: HttpOptions = { maxResponseBytes: 1_000_000 };
@@ -30,9 +31,9 @@ afterAll(async () => {
 
 /** Runs one request with a fresh id; returns the row and the id, so the fixture's records can be matched. */
 async function run(
-  partial: Partial<HttpRequest> & { url: string },
+  partial: Partial<QueuedRequest> & { url: string },
   options: HttpOptions = OPTIONS,
-): Promise<{ row: HttpResult; id: string }> {
+): Promise<{ row: ResponseRow; id: string }> {
   const id = String(nextId++);
   const row = await performRequest(
     { id, method: "GET", headers: {}, body: null, timeoutMs: 5_000, ...partial },
@@ -55,7 +56,7 @@ function only(id: string, on: Fixture = fixture): Received {
 const bytes = (text: string) => new TextEncoder().encode(text);
 
 /** Asserts the shape of a failure row (RESP-08, RESP-09) and returns its error_msg. */
-function expectErrorRow(row: HttpResult, id: string): string {
+function expectErrorRow(row: ResponseRow, id: string): string {
   expect(row.id).toBe(id);
   expect(row.status_code).toBeNull();
   expect(row.content_type).toBeNull();
@@ -585,7 +586,7 @@ describe("error texts", () => {
 });
 
 describe("timeouts", () => {
-  function expectTimeoutRow(row: HttpResult, id: string): void {
+  function expectTimeoutRow(row: ResponseRow, id: string): void {
     expect(row.id).toBe(id);
     expect(row.timed_out).toBe(true);
     expect(row.status_code).toBeNull();

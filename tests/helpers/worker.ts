@@ -2,6 +2,7 @@
 
 import type { SettingValues } from "../../src/config.ts";
 import type { Sql } from "../../src/db.ts";
+import type { ResponseRow } from "../../src/queue.ts";
 import { createLogger, type Logger } from "../../src/log.ts";
 import { Worker } from "../../src/worker.ts";
 
@@ -28,21 +29,15 @@ export async function waitFor<T>(check: () => Promise<T> | T, timeoutMs = 10_000
   }
 }
 
-export interface ResponseRow {
-  id: string;
-  status_code: number | null;
-  content_type: string | null;
-  headers: Record<string, string> | null;
-  content: string | null;
-  timed_out: boolean | null;
-  error_msg: string | null;
+/** A row of net._http_response as a SELECT returns it. */
+export interface StoredResponse extends ResponseRow {
   created: Date;
 }
 
 /** Waits until the response row for `id` exists and returns it. */
-export async function responseFor(sql: Sql, id: string | number, timeoutMs = 10_000): Promise<ResponseRow> {
+export async function responseFor(sql: Sql, id: string | number, timeoutMs = 10_000): Promise<StoredResponse> {
   return await waitFor(async () => {
-    const [row] = await sql<ResponseRow[]>`select * from net._http_response where id = ${id}`;
+    const [row] = await sql<StoredResponse[]>`select * from net._http_response where id = ${id}`;
     return row;
   }, timeoutMs, `the response to request ${id}`);
 }

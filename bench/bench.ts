@@ -1,5 +1,5 @@
 // The benchmark: throughput, latency, head-of-line blocking, a large backlog, and the HTTP target's own ceiling.
-// `npm run bench` (or `bun src/bench.ts --help`). Starts an embedded PostgreSQL unless --database is given, the
+// `npm run bench` (or `bun bench/bench.ts --help`). Starts an embedded PostgreSQL unless --database is given, the
 // HTTP target in a process of its own, and pgnet as a separate process (so its peak RSS can be read).
 
 import { type ChildProcess, spawn } from "node:child_process";
@@ -7,9 +7,9 @@ import { chmodSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { parseArgs } from "node:util";
-import { connect, type Sql } from "./db.ts";
-import { EmbeddedPostgres, freePort } from "./embedded.ts";
-import { install, setUnlogged } from "./installer.ts";
+import { connect, type Sql } from "../src/db.ts";
+import { EmbeddedPostgres, freePort } from "../src/embedded.ts";
+import { install, setUnlogged } from "../src/installer.ts";
 
 const ROOT = resolve(dirname(new URL(import.meta.url).pathname), "..");
 const BUN = process.execPath;
@@ -279,7 +279,7 @@ async function main(): Promise<void> {
   const window = 256;
   const pgnetEnv = { BUN_CONFIG_MAX_HTTP_REQUESTS: "4096" };
 
-  const { child: targetProcess, match } = await startProcess(["src/bench.ts", "target"], /target (\d+)/);
+  const { child: targetProcess, match } = await startProcess(["bench/bench.ts", "target"], /target (\d+)/);
   const target = `http://127.0.0.1:${match[1]}`;
   let embedded: EmbeddedPostgres | undefined;
   let root: string | undefined;

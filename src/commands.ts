@@ -1,0 +1,49 @@
+// The bodies of pgnet's one-shot commands: install, uninstall and status. main.ts parses and wires.
+
+import type { CliOptions } from "./cli.ts";
+import { connect, describe, type Sql, type Target } from "./db.ts";
+import { install, installedVersion, setUnlogged, uninstall } from "./installer.ts";
+import type { Logger } from "./log.ts";
+import { VERSION } from "./version.ts";
+
+export async function withSql<T>(target: Target, fn: (sql: Sql) => Promise<T>): Promise<T> {
+  const sql = connect(target, { max: 2, connect_timeout: 10 });
+  try {
+    return await fn(sql);
+  } finally {
+    await sql.end({ timeout: 2 });
+  }
+}
+
+export async function installCommand(sql: Sql, options: CliOptions, log: Logger): Promise<void> {
+  const result = await install(sql);
+  if (result.applied.length > 0) log.info("installed schema net", { version: result.version, applied: result.applied });
+  else log.info("schema net is up to date", { version: result.version });
+  if (options.unlogged) {
+    await setUnlogged(sql);
+    log.info("queue and response tables are unlogged: faster, and emptied by a PostgreSQL crash");
+  }
+}
+
+export async function statusCommand(sql: Sql): Promise<void> {
+  const version = await installedVersion(sql);
+  const report: Record<string, unknown> = { pgnet: VERSION, database: describe(sql), installedVersion: version };
+  if (version > 0) {
+    const [queue] = await sql`
+      select count(*)::int as queued, count(claimed_by)::int as claimed, min(enqueued_at) as oldest
+        from net.http_request_queue
+    `;
+    const [responses] = await sql`select count(*)::int as stored from net._http_response`;
+    const workers = await sql`
+      select pid, application_name, client_addr::text, backend_start from pg_stat_activity
+       where datname = current_database() and application_name like 'pgnet % worker'
+    `;
+    Object.assign(report, { queue, responses, workers });
+  }
+  console.log(JSON.stringify(report, null, 2));
+}
+
+export async function uninstallCommand(sql: Sql, log: Logger): Promise<void> {
+  if (await uninstall(sql)) log.info("dropped schema net");
+  else log.info("schema net is not installed: nothing to drop");
+}
