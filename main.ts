@@ -18,10 +18,19 @@ import { Worker } from "./src/worker.ts";
 const DUPLICATE_SIGNAL_MS = 500;
 const USAGE_ERRORS = new Set(["INVALID_ARGUMENT", "INVALID_SETTING", "STATUS_TOKEN_REQUIRED", "CONFIRMATION_REQUIRED"]);
 // network failures, and PostgreSQL's invalid_password, invalid_authorization_specification, invalid_catalog_name
-const CONNECT_ERRORS = new Set(["ECONNREFUSED", "ENOTFOUND", "ETIMEDOUT", "EHOSTUNREACH", "CONNECT_TIMEOUT", "28P01", "28000", "3D000"]);
+const CONNECT_ERRORS = new Set([
+  "ECONNREFUSED",
+  "ENOTFOUND",
+  "ETIMEDOUT",
+  "EHOSTUNREACH",
+  "CONNECT_TIMEOUT",
+  "28P01",
+  "28000",
+  "3D000",
+]);
 
 /** Where to connect: the database given, or an embedded PostgreSQL started (and kept) in --data-dir. */
-async function openTarget(options: CliOptions, log: Logger): Promise<{ target: Target; close(): void }> {
+function openTarget(options: CliOptions, log: Logger): { target: Target; close(): void } {
   const given = resolveTarget(options.database, process.env);
   if (given) return { target: given, close() {} };
   const pg = new EmbeddedPostgres({ dataDir: join(options.dataDir, "postgres"), port: options.embeddedPort });
@@ -107,7 +116,7 @@ async function main(options: CliOptions, log: Logger): Promise<number> {
     dieWithParent();
   }
 
-  const { target, close } = await openTarget(options, log);
+  const { target, close } = openTarget(options, log);
   try {
     // also when start-up fails: an embedded PostgreSQL that pgnet started is stopped again
     if (options.command === "run") return await runCommand(target, options, log, close);

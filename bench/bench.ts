@@ -118,10 +118,16 @@ async function setup(ctx: Context, unlogged = false) {
       for each statement execute function public.bench_report();
   `);
   const stored = new Map<string, number>();
-  const listener = connect({ url }, { max: 1, onnotify: (_: string, ids: string) => {
-    const now = performance.now();
-    for (const id of ids.split(",")) stored.set(id, now);
-  } } as Parameters<typeof connect>[1]);
+  const listener = connect(
+    { url },
+    {
+      max: 1,
+      onnotify: (_: string, ids: string) => {
+        const now = performance.now();
+        for (const id of ids.split(",")) stored.set(id, now);
+      },
+    } as Parameters<typeof connect>[1],
+  );
   await listener`listen bench_done`;
   const pgnet = startPgnet(ctx, url);
   for (;;) {
@@ -145,7 +151,9 @@ async function setup(ctx: Context, unlogged = false) {
 async function waitStored(stored: Map<string, number>, count: number, timeoutMs: number): Promise<void> {
   const deadline = performance.now() + timeoutMs;
   while (stored.size < count) {
-    if (performance.now() > deadline) throw new Error(`only ${stored.size} of ${count} responses after ${timeoutMs} ms`);
+    if (performance.now() > deadline) {
+      throw new Error(`only ${stored.size} of ${count} responses after ${timeoutMs} ms`);
+    }
     await Bun.sleep(5);
   }
 }
@@ -156,7 +164,8 @@ async function throughput(ctx: Context, n: number, method: "GET" | "POST", unlog
   try {
     const body = JSON.stringify({ data: "x".repeat(1000) });
     if (method === "GET") await run.sql`select net.http_get(${`${ctx.target}/fast`}) from generate_series(1, ${n})`;
-    else await run.sql`select net.http_post(${`${ctx.target}/fast`}, ${body}::text::jsonb) from generate_series(1, ${n})`;
+    else {await run
+        .sql`select net.http_post(${`${ctx.target}/fast`}, ${body}::text::jsonb) from generate_series(1, ${n})`;}
     const committed = performance.now();
     await waitStored(run.stored, n, 600_000);
     const elapsed = Math.max(...run.stored.values()) - committed;
@@ -191,7 +200,9 @@ async function headOfLine(ctx: Context, n: number): Promise<number> {
   try {
     const ids = await run.sql.begin(async (tx) => {
       await tx`select net.http_get(${`${ctx.target}/slow/2000`}) from generate_series(1, ${n})`;
-      return (await tx`select net.http_get(${`${ctx.target}/fast`}) as id from generate_series(1, ${n})`).map((r) => String(r.id));
+      return (await tx`select net.http_get(${`${ctx.target}/fast`}) as id from generate_series(1, ${n})`).map((r) =>
+        String(r.id)
+      );
     });
     const committed = performance.now();
     await waitStored(run.stored, 2 * n, 60_000);
@@ -263,14 +274,20 @@ async function idleStatements(ctx: Context, seconds: number): Promise<number> {
 async function main(): Promise<void> {
   const { values } = parseArgs({
     options: {
-      database: { type: "string" }, json: { type: "boolean" }, quick: { type: "boolean" },
-      runs: { type: "string" }, only: { type: "string" }, help: { type: "boolean" },
+      database: { type: "string" },
+      json: { type: "boolean" },
+      quick: { type: "boolean" },
+      runs: { type: "string" },
+      only: { type: "string" },
+      help: { type: "boolean" },
     },
   });
   if (values.help) {
-    console.log(`Usage: npm run bench -- [--quick] [--runs N] [--only throughput,latency,hol,backlog,ceiling,idle] [--json] [--database URL]
+    console.log(
+      `Usage: npm run bench -- [--quick] [--runs N] [--only throughput,latency,hol,backlog,ceiling,idle] [--json] [--database URL]
   --quick   small sizes, one run (a smoke test)
-  --runs    repetitions of each scenario (default 3; medians with min and max)`);
+  --runs    repetitions of each scenario (default 3; medians with min and max)`,
+    );
     return;
   }
   const quick = values.quick === true;
@@ -288,17 +305,28 @@ async function main(): Promise<void> {
   else {
     root = mkdtempSync(join(tmpdir(), "pgnet-bench-"));
     chmodSync(root, 0o755); // as root, the server runs as another account
-    embedded = new EmbeddedPostgres({ dataDir: join(root, "pg"), port: await freePort(), settings: {
-      max_connections: "200",
-      log_line_prefix: "'%m [%p] %a '",
-    } });
+    embedded = new EmbeddedPostgres({
+      dataDir: join(root, "pg"),
+      port: await freePort(),
+      settings: {
+        max_connections: "200",
+        log_line_prefix: "'%m [%p] %a '",
+      },
+    });
     embedded.initialise();
     embedded.start();
     base = new URL(embedded.url());
   }
   const url = (database: string) => Object.assign(new URL(base), { pathname: `/${database}` }).toString();
   const admin = connect({ url: base.toString() }, { max: 1 });
-  const ctx: Context = { admin, url, target, counter: 0, pgnetEnv, ...(embedded ? { serverLog: join(embedded.dataDir, "server.log") } : {}) };
+  const ctx: Context = {
+    admin,
+    url,
+    target,
+    counter: 0,
+    pgnetEnv,
+    ...(embedded ? { serverLog: join(embedded.dataDir, "server.log") } : {}),
+  };
   const results: Record<string, unknown> = {};
   const report = (name: string, value: unknown) => {
     results[name] = value;
@@ -327,7 +355,12 @@ async function main(): Promise<void> {
       }
       for (const k of ["p50", "p95", "p99"]) report(`latency ${k} commit→stored (ms)`, stat(samples[k]!));
     }
-    if (only.has("hol")) report("head-of-line: last fast of 1,000 (ms)", await repeat(() => headOfLine(ctx, quick ? 100 : 1000)));
+    if (only.has("hol")) {
+      report(
+        "head-of-line: last fast of 1,000 (ms)",
+        await repeat(() => headOfLine(ctx, quick ? 100 : 1000)),
+      );
+    }
     if (only.has("backlog")) {
       const n = quick ? 5000 : 1_000_000;
       const drains = [];
@@ -335,7 +368,12 @@ async function main(): Promise<void> {
       report(`backlog ${n} drain (req/s)`, stat(drains.map((b) => Math.round(b.rate))));
       report(`backlog ${n} pgnet peak RSS (MB)`, stat(drains.map((b) => Math.round(b.rssMb))));
     }
-    if (only.has("ceiling")) report(`target ceiling, fetch window ${window} (req/s)`, await repeat(() => ceiling(target, quick ? 5000 : 100_000, window)));
+    if (only.has("ceiling")) {
+      report(
+        `target ceiling, fetch window ${window} (req/s)`,
+        await repeat(() => ceiling(target, quick ? 5000 : 100_000, window)),
+      );
+    }
     if (only.has("idle")) report("idle statements per 5 s poll", await idleStatements(ctx, quick ? 10 : 30));
   } finally {
     await admin.end();

@@ -1,7 +1,7 @@
 // The command line: commands, flags, environment variables and --help. Parsing only; main.ts acts on it.
 
 import { parseArgs } from "node:util";
-import { SETTINGS, type SettingFlag, type SettingValues } from "./config.ts";
+import { type SettingFlag, SETTINGS, type SettingValues } from "./config.ts";
 import { PgnetError } from "./errors.ts";
 import { LOG_FORMATS, LOG_LEVELS, type LogFormat, type LogLevel } from "./log.ts";
 import { PG_NET_API_VERSION, VERSION } from "./version.ts";
@@ -35,16 +35,57 @@ interface OptionSpec {
 }
 
 const OPTIONS: Record<string, OptionSpec> = {
-  database: { type: "string", short: "d", env: "DATABASE_URL", help: "database name or postgres:// URL (also PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE)" },
-  "data-dir": { type: "string", env: "PGNET_DATA_DIR", default: "./pgnet-data", help: "embedded PostgreSQL's directory, used when no database is given" },
-  "embedded-port": { type: "string", env: "PGNET_EMBEDDED_PORT", default: "54329", help: "embedded PostgreSQL's port on 127.0.0.1" },
-  ...Object.fromEntries(SETTINGS.map((s) => [s.flag, { type: "string", env: s.env, default: s.default, help: s.help + (s.database ? ` (database: ${s.database})` : "") }])),
+  database: {
+    type: "string",
+    short: "d",
+    env: "DATABASE_URL",
+    help: "database name or postgres:// URL (also PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE)",
+  },
+  "data-dir": {
+    type: "string",
+    env: "PGNET_DATA_DIR",
+    default: "./pgnet-data",
+    help: "embedded PostgreSQL's directory, used when no database is given",
+  },
+  "embedded-port": {
+    type: "string",
+    env: "PGNET_EMBEDDED_PORT",
+    default: "54329",
+    help: "embedded PostgreSQL's port on 127.0.0.1",
+  },
+  ...Object.fromEntries(
+    SETTINGS.map((
+      s,
+    ) => [s.flag, {
+      type: "string",
+      env: s.env,
+      default: s.default,
+      help: s.help + (s.database ? ` (database: ${s.database})` : ""),
+    }]),
+  ),
   "log-level": { type: "string", env: "PGNET_LOG_LEVEL", default: "info", help: LOG_LEVELS.join(", ") },
-  "log-format": { type: "string", env: "PGNET_LOG_FORMAT", default: "text", help: "text or json (one JSON object a line)" },
+  "log-format": {
+    type: "string",
+    env: "PGNET_LOG_FORMAT",
+    default: "text",
+    help: "text or json (one JSON object a line)",
+  },
   "status-host": { type: "string", env: "PGNET_STATUS_HOST", default: "127.0.0.1", help: "status server address" },
-  "status-port": { type: "string", env: "PGNET_STATUS_PORT", default: "8787", help: "status server port; 0 picks a free one, \"off\" disables it" },
-  "status-token": { type: "string", env: "PGNET_STATUS_TOKEN", help: "bearer token for POST /reload and /restart; required off loopback" },
-  unlogged: { type: "boolean", help: "install: unlogged queue and response tables (faster, lost in a crash, like pg_net)" },
+  "status-port": {
+    type: "string",
+    env: "PGNET_STATUS_PORT",
+    default: "8787",
+    help: 'status server port; 0 picks a free one, "off" disables it',
+  },
+  "status-token": {
+    type: "string",
+    env: "PGNET_STATUS_TOKEN",
+    help: "bearer token for POST /reload and /restart; required off loopback",
+  },
+  unlogged: {
+    type: "boolean",
+    help: "install: unlogged queue and response tables (faster, lost in a crash, like pg_net)",
+  },
   yes: { type: "boolean", short: "y", help: "uninstall: confirm dropping schema net and everything in it" },
   help: { type: "boolean", short: "h", help: "show this help" },
   version: { type: "boolean", short: "V", help: "print the version" },
@@ -110,7 +151,10 @@ export function parseCli(argv: string[], env: Record<string, string | undefined>
     const text = unknown ? `Unknown option ${JSON.stringify(unknown)}` : message.split(/\n|\. /)[0];
     throw new PgnetError("INVALID_ARGUMENT", `${text}; see pgnet --help`);
   }
-  const { values, positionals } = parsed as { values: Record<string, string | boolean | undefined>; positionals: string[] };
+  const { values, positionals } = parsed as {
+    values: Record<string, string | boolean | undefined>;
+    positionals: string[];
+  };
   if (positionals.length > 1) {
     throw new PgnetError("INVALID_ARGUMENT", `Unexpected argument ${JSON.stringify(positionals[1])}; see pgnet --help`);
   }
@@ -138,7 +182,9 @@ export function parseCli(argv: string[], env: Record<string, string | undefined>
   const logLevel = get("log-level")!;
   if (!LOG_LEVELS.includes(logLevel as LogLevel)) throw invalid(origin("log-level"), LOG_LEVELS.join(", "), logLevel);
   const logFormat = get("log-format")!;
-  if (!LOG_FORMATS.includes(logFormat as LogFormat)) throw invalid(origin("log-format"), LOG_FORMATS.join(" or "), logFormat);
+  if (!LOG_FORMATS.includes(logFormat as LogFormat)) {
+    throw invalid(origin("log-format"), LOG_FORMATS.join(" or "), logFormat);
+  }
 
   const statusHost = get("status-host")!;
   const statusPort = port(origin("status-port"), get("status-port")!, true);

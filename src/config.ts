@@ -23,7 +23,13 @@ export interface WorkerSettings {
 export type SettingKey = keyof WorkerSettings;
 /** command-line names, also the keys of SettingValues */
 export type SettingFlag =
-  | "batch-size" | "ttl" | "concurrency" | "poll-interval" | "lease" | "shutdown-timeout" | "max-response-size";
+  | "batch-size"
+  | "ttl"
+  | "concurrency"
+  | "poll-interval"
+  | "lease"
+  | "shutdown-timeout"
+  | "max-response-size";
 export type Source = "flag" | "env" | "database" | "default";
 
 interface Spec {
@@ -50,12 +56,32 @@ function integer(min: number, max: number) {
 }
 
 const UNITS: Record<string, number> = {
-  ms: 1, msec: 1, msecs: 1, millisecond: 1, milliseconds: 1,
-  s: 1000, sec: 1000, secs: 1000, second: 1000, seconds: 1000,
-  m: 60_000, min: 60_000, mins: 60_000, minute: 60_000, minutes: 60_000,
-  h: 3_600_000, hr: 3_600_000, hrs: 3_600_000, hour: 3_600_000, hours: 3_600_000,
-  d: 86_400_000, day: 86_400_000, days: 86_400_000,
-  w: 604_800_000, week: 604_800_000, weeks: 604_800_000,
+  ms: 1,
+  msec: 1,
+  msecs: 1,
+  millisecond: 1,
+  milliseconds: 1,
+  s: 1000,
+  sec: 1000,
+  secs: 1000,
+  second: 1000,
+  seconds: 1000,
+  m: 60_000,
+  min: 60_000,
+  mins: 60_000,
+  minute: 60_000,
+  minutes: 60_000,
+  h: 3_600_000,
+  hr: 3_600_000,
+  hrs: 3_600_000,
+  hour: 3_600_000,
+  hours: 3_600_000,
+  d: 86_400_000,
+  day: 86_400_000,
+  days: 86_400_000,
+  w: 604_800_000,
+  week: 604_800_000,
+  weeks: 604_800_000,
 };
 
 /**
@@ -109,32 +135,62 @@ function bytes(text: string): number {
 //   bottleneck of throughput (11,900 req/s for 100,000 GETs, against the target's own 24,800 req/s).
 export const SETTINGS: readonly Spec[] = [
   {
-    key: "batchSize", flag: "batch-size", env: "PGNET_BATCH_SIZE", database: "pg_net.batch_size", default: "200",
-    help: "rows claimed per query, and responses deleted per TTL pass", parse: integer(1, 32767),
+    key: "batchSize",
+    flag: "batch-size",
+    env: "PGNET_BATCH_SIZE",
+    database: "pg_net.batch_size",
+    default: "200",
+    help: "rows claimed per query, and responses deleted per TTL pass",
+    parse: integer(1, 32767),
   },
   {
-    key: "ttlSeconds", flag: "ttl", env: "PGNET_TTL", database: "pg_net.ttl", default: "6 hours",
-    help: "how long responses are kept", parse: duration("s", 1000, 100 * 365 * 86_400_000, 1000),
+    key: "ttlSeconds",
+    flag: "ttl",
+    env: "PGNET_TTL",
+    database: "pg_net.ttl",
+    default: "6 hours",
+    help: "how long responses are kept",
+    parse: duration("s", 1000, 100 * 365 * 86_400_000, 1000),
   },
   {
-    key: "concurrency", flag: "concurrency", env: "PGNET_CONCURRENCY", default: "2048",
-    help: "requests in flight at once", parse: integer(1, 65535),
+    key: "concurrency",
+    flag: "concurrency",
+    env: "PGNET_CONCURRENCY",
+    default: "2048",
+    help: "requests in flight at once",
+    parse: integer(1, 65535),
   },
   {
-    key: "pollIntervalMs", flag: "poll-interval", env: "PGNET_POLL_INTERVAL", default: "5s",
-    help: "backstop poll when no notification arrives", parse: duration("ms", 10, 86_400_000, 1),
+    key: "pollIntervalMs",
+    flag: "poll-interval",
+    env: "PGNET_POLL_INTERVAL",
+    default: "5s",
+    help: "backstop poll when no notification arrives",
+    parse: duration("ms", 10, 86_400_000, 1),
   },
   {
-    key: "leaseMs", flag: "lease", env: "PGNET_LEASE", default: "60s",
-    help: "how long a claimed request stays with this worker without renewal", parse: duration("ms", 1000, 86_400_000, 1),
+    key: "leaseMs",
+    flag: "lease",
+    env: "PGNET_LEASE",
+    default: "60s",
+    help: "how long a claimed request stays with this worker without renewal",
+    parse: duration("ms", 1000, 86_400_000, 1),
   },
   {
-    key: "shutdownTimeoutMs", flag: "shutdown-timeout", env: "PGNET_SHUTDOWN_TIMEOUT", default: "30s",
-    help: "on shutdown, how long in-flight requests may finish", parse: duration("ms", 0, MAX_INT, 1),
+    key: "shutdownTimeoutMs",
+    flag: "shutdown-timeout",
+    env: "PGNET_SHUTDOWN_TIMEOUT",
+    default: "30s",
+    help: "on shutdown, how long in-flight requests may finish",
+    parse: duration("ms", 0, MAX_INT, 1),
   },
   {
-    key: "maxResponseBytes", flag: "max-response-size", env: "PGNET_MAX_RESPONSE_SIZE", default: "64MiB",
-    help: "larger response bodies are stored as an error", parse: bytes,
+    key: "maxResponseBytes",
+    flag: "max-response-size",
+    env: "PGNET_MAX_RESPONSE_SIZE",
+    default: "64MiB",
+    help: "larger response bodies are stored as an error",
+    parse: bytes,
   },
 ];
 
@@ -196,7 +252,10 @@ function parseOrThrow(spec: Spec, text: string, name: string): number {
   try {
     return spec.parse(text);
   } catch (error) {
-    throw new PgnetError("INVALID_SETTING", `Invalid ${name}: ${(error as Error).message}, got ${JSON.stringify(text)}`);
+    throw new PgnetError(
+      "INVALID_SETTING",
+      `Invalid ${name}: ${(error as Error).message}, got ${JSON.stringify(text)}`,
+    );
   }
 }
 

@@ -66,7 +66,10 @@ function serverAccount(): Account | undefined {
     const gid = spawnSync("id", ["-g", name], { encoding: "utf8" });
     if (id.status === 0 && gid.status === 0) return { uid: Number(id.stdout), gid: Number(gid.stdout) };
   }
-  throw new PgnetError("NO_SERVER_ACCOUNT", "Running as root and no 'postgres' or 'nobody' account to run PostgreSQL as");
+  throw new PgnetError(
+    "NO_SERVER_ACCOUNT",
+    "Running as root and no 'postgres' or 'nobody' account to run PostgreSQL as",
+  );
 }
 
 export class EmbeddedPostgres {
@@ -104,7 +107,9 @@ export class EmbeddedPostgres {
     mkdirSync(parent, { recursive: true });
     mkdirSync(this.dataDir, { recursive: true, mode: 0o700 });
     const passwordFile = this.passwordFile;
-    if (!existsSync(passwordFile)) writeFileSync(passwordFile, randomBytes(18).toString("base64url") + "\n", { mode: 0o600 });
+    if (!existsSync(passwordFile)) {
+      writeFileSync(passwordFile, randomBytes(18).toString("base64url") + "\n", { mode: 0o600 });
+    }
     this.#own(this.dataDir);
     this.#own(passwordFile);
     this.#checkReachable();
@@ -129,7 +134,11 @@ export class EmbeddedPostgres {
     };
     const flags = Object.entries(options).map(([k, v]) => `-c ${k}=${v === "" ? "''" : v}`).join(" ");
     this.#run(join(this.#bin, "pg_ctl"), [
-      "start", "--wait", "--timeout=60", `--pgdata=${this.dataDir}`, `--log=${join(this.dataDir, "server.log")}`,
+      "start",
+      "--wait",
+      "--timeout=60",
+      `--pgdata=${this.dataDir}`,
+      `--log=${join(this.dataDir, "server.log")}`,
       `--options=${flags}`,
     ]);
   }

@@ -42,10 +42,19 @@ export const ERRORS = {
 
 // Bun/Node codes for a certificate that fails verification
 const CERT_CODES = new Set([
-  "DEPTH_ZERO_SELF_SIGNED_CERT", "SELF_SIGNED_CERT_IN_CHAIN", "UNABLE_TO_VERIFY_LEAF_SIGNATURE",
-  "UNABLE_TO_GET_ISSUER_CERT", "UNABLE_TO_GET_ISSUER_CERT_LOCALLY", "CERT_HAS_EXPIRED", "CERT_NOT_YET_VALID",
-  "ERR_TLS_CERT_ALTNAME_INVALID", "CERT_UNTRUSTED", "CERT_REJECTED", "CERT_SIGNATURE_FAILURE",
-  "HOSTNAME_MISMATCH", "ERR_TLS_CERT_ALTNAME_FORMAT",
+  "DEPTH_ZERO_SELF_SIGNED_CERT",
+  "SELF_SIGNED_CERT_IN_CHAIN",
+  "UNABLE_TO_VERIFY_LEAF_SIGNATURE",
+  "UNABLE_TO_GET_ISSUER_CERT",
+  "UNABLE_TO_GET_ISSUER_CERT_LOCALLY",
+  "CERT_HAS_EXPIRED",
+  "CERT_NOT_YET_VALID",
+  "ERR_TLS_CERT_ALTNAME_INVALID",
+  "CERT_UNTRUSTED",
+  "CERT_REJECTED",
+  "CERT_SIGNATURE_FAILURE",
+  "HOSTNAME_MISMATCH",
+  "ERR_TLS_CERT_ALTNAME_FORMAT",
 ]);
 
 class RequestError extends Error {}
@@ -142,7 +151,9 @@ function buildHeaders(request: QueuedRequest): Headers {
     if (raw === null || raw === "") continue;
     if (typeof raw === "object") {
       throw new RequestError(
-        `Invalid value for header ${JSON.stringify(name)}: expected a string, number or boolean, got ${JSON.stringify(raw)}`,
+        `Invalid value for header ${JSON.stringify(name)}: expected a string, number or boolean, got ${
+          JSON.stringify(raw)
+        }`,
       );
     }
     const value = String(raw);
@@ -159,7 +170,7 @@ function buildHeaders(request: QueuedRequest): Headers {
 
 /** fetch sends one byte per character of a header value: pass UTF-8 bytes, as pg_net's libcurl sends them. */
 function byteString(value: string): string {
-  return /^[\x00-\x7f]*$/.test(value) ? value : Buffer.from(value, "utf8").toString("latin1");
+  return Buffer.byteLength(value) === value.length ? value : Buffer.from(value, "utf8").toString("latin1");
 }
 
 /** Resolves a host name before fetch so DNS failures and DNS time are known (fetch hides both). */
@@ -242,8 +253,13 @@ function failure(id: string, message: string, timedOut: boolean): ResponseRow {
 
 // names whose usual spelling is not plain Title-Case
 const SPELLINGS: Record<string, string> = {
-  etag: "ETag", te: "TE", dnt: "DNT", "www-authenticate": "WWW-Authenticate", "content-md5": "Content-MD5",
-  "x-xss-protection": "X-XSS-Protection", "content-security-policy": "Content-Security-Policy",
+  etag: "ETag",
+  te: "TE",
+  dnt: "DNT",
+  "www-authenticate": "WWW-Authenticate",
+  "content-md5": "Content-MD5",
+  "x-xss-protection": "X-XSS-Protection",
+  "content-security-policy": "Content-Security-Policy",
 };
 
 /** fetch lower-cases header names; give them their usual capitalisation, e.g. Content-Type. */
@@ -287,8 +303,10 @@ function describeError(error: unknown, stage: Stage, expectedLength: number | nu
   if (error instanceof RequestError) return error.message;
   const code = errorCode(error) ?? "";
   const message = (error as Error)?.message ?? String(error);
-  if (code === "ECONNREFUSED" || code === "ConnectionRefused" || code === "EHOSTUNREACH" ||
-    code === "ENETUNREACH" || code === "FailedToOpenSocket") return ERRORS.connect;
+  if (
+    code === "ECONNREFUSED" || code === "ConnectionRefused" || code === "EHOSTUNREACH" ||
+    code === "ENETUNREACH" || code === "FailedToOpenSocket"
+  ) return ERRORS.connect;
   if (code === "ENOTFOUND" || code === "EAI_AGAIN" || code === "DNSException") return ERRORS.resolve;
   if (CERT_CODES.has(code)) return ERRORS.peerCert;
   if (code === "EPROTO" || code.startsWith("ERR_SSL") || code.startsWith("ERR_TLS") || /TLS|SSL/.test(code)) {

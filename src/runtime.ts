@@ -72,17 +72,17 @@ export interface Server {
 }
 
 /** Serves a fetch-style handler on hostname:port. */
-export async function serve(
+export function serve(
   handler: (request: Request) => Response | Promise<Response>,
   options: { hostname: string; port: number },
 ): Promise<Server> {
   if (runtimeName === "bun") {
     const server = Bun.serve({ hostname: options.hostname, port: options.port, fetch: handler });
-    return { port: server.port ?? options.port, stop: () => server.stop(true) };
+    return Promise.resolve({ port: server.port ?? options.port, stop: () => server.stop(true) });
   }
   if (Deno) {
     const server = Deno.serve({ hostname: options.hostname, port: options.port, onListen() {} }, handler);
-    return { port: server.addr.port, stop: () => server.shutdown() };
+    return Promise.resolve({ port: server.addr.port, stop: () => server.shutdown() });
   }
   throw new Error("pgnet runs on Bun or Deno");
 }

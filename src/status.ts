@@ -39,7 +39,13 @@ export function createStatusApp(deps: StatusDeps): Hono {
     if (s.state !== "running") reason = `worker is ${s.state}`;
     else if (!s.connected) reason = "not connected to the database";
     else if (age > healthWindowMs(s.settings.pollIntervalMs)) reason = `no progress for ${Math.round(age / 1000)} s`;
-    const body = { ok: reason === null, state: s.state, connected: s.connected, inFlight: s.inFlight, ...(reason ? { reason } : {}) };
+    const body = {
+      ok: reason === null,
+      state: s.state,
+      connected: s.connected,
+      inFlight: s.inFlight,
+      ...(reason ? { reason } : {}),
+    };
     return c.json(body, reason === null ? 200 : 503);
   });
 
@@ -56,7 +62,12 @@ export function createStatusApp(deps: StatusDeps): Hono {
       version: VERSION,
       pgNetApiVersion: PG_NET_API_VERSION,
       database: deps.database,
-      worker: { id: s.workerId, state: s.state, connected: s.connected, lastProgressAt: new Date(s.lastProgressAt).toISOString() },
+      worker: {
+        id: s.workerId,
+        state: s.state,
+        connected: s.connected,
+        lastProgressAt: new Date(s.lastProgressAt).toISOString(),
+      },
       queueDepth,
       ...(queueError ? { queueError } : {}),
       inFlight: s.inFlight,
@@ -81,6 +92,11 @@ export function createStatusApp(deps: StatusDeps): Hono {
     });
   }
 
-  app.notFound((c) => c.json({ ok: false, error: "not found", routes: ["GET /health", "GET /status", "POST /reload", "POST /restart"] }, 404));
+  app.notFound((c) =>
+    c.json(
+      { ok: false, error: "not found", routes: ["GET /health", "GET /status", "POST /reload", "POST /restart"] },
+      404,
+    )
+  );
   return app;
 }

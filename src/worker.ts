@@ -2,7 +2,7 @@
 // hands results to the writer, and stops in order.
 
 import { randomUUID } from "node:crypto";
-import { resolveSettings, type ResolvedSettings, type SettingValues, type WorkerSettings } from "./config.ts";
+import { type ResolvedSettings, resolveSettings, type SettingValues, type WorkerSettings } from "./config.ts";
 import { connect, readDatabaseSettings, type Sql, type Target } from "./db.ts";
 import { coerceError, errorCode } from "./errors.ts";
 import { performRequest } from "./http.ts";
@@ -281,7 +281,9 @@ export class Worker {
     this.#timers.after(this.settings.leaseMs / 3, async () => {
       const ids = [...this.#inFlight, ...this.#writer.pending.map((r) => r.id)];
       if (ids.length > 0 && this.#db) {
-        await this.#db.queue.renew(ids, this.settings.leaseMs).catch((error) => this.#fail("cannot renew leases", error));
+        await this.#db.queue.renew(ids, this.settings.leaseMs).catch((error) =>
+          this.#fail("cannot renew leases", error)
+        );
       }
       if (!this.#stopping) this.#scheduleLeaseRenewal();
     });

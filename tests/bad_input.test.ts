@@ -24,10 +24,14 @@ afterAll(async () => {
 });
 
 /** Inserts a row straight into the queue, as a user or another tool might, bypassing the SQL functions. */
-async function direct(row: { method?: string; url: string; headers?: string | null; body?: Buffer | null; timeout?: number }): Promise<string> {
+async function direct(
+  row: { method?: string; url: string; headers?: string | null; body?: Buffer | null; timeout?: number },
+): Promise<string> {
   const [r] = await db.sql`
     insert into net.http_request_queue (method, url, headers, body, timeout_milliseconds)
-    values (${row.method ?? "GET"}, ${row.url}, ${row.headers ?? null}::text::jsonb, ${row.body ?? null}, ${row.timeout ?? 5000})
+    values (${row.method ?? "GET"}, ${row.url}, ${row.headers ?? null}::text::jsonb, ${row.body ?? null}, ${
+    row.timeout ?? 5000
+  })
     returning id
   `;
   await db.sql`select net.wake()`;
@@ -36,7 +40,9 @@ async function direct(row: { method?: string; url: string; headers?: string | nu
 
 /** The bad request's row, after checking that a normal request queued right after it succeeds. */
 async function thenNormal(badId: string): Promise<StoredResponse> {
-  const [{ id }] = await db.sql`select net.http_get(${fixture.url("/status/200")}) as id` as unknown as [{ id: string }];
+  const [{ id }] = await db.sql`select net.http_get(${fixture.url("/status/200")}) as id` as unknown as [
+    { id: string },
+  ];
   const normal = await responseFor(db.sql, id);
   expect([normal.status_code, normal.error_msg]).toEqual([200, null]);
   return await responseFor(db.sql, badId);
@@ -51,7 +57,10 @@ function failed(row: StoredResponse, message: string | RegExp, timedOut = false)
 
 describe("request side", () => {
   test("headers that are not a JSON object (inserted directly) become an error on that request", async () => {
-    failed(await thenNormal(await direct({ url: fixture.url("/echo"), headers: "[1, 2]" })), "headers must be a JSON object, got [1,2]");
+    failed(
+      await thenNormal(await direct({ url: fixture.url("/echo"), headers: "[1, 2]" })),
+      "headers must be a JSON object, got [1,2]",
+    );
   });
 
   test("a header value that is an object becomes an error naming the header", async () => {
@@ -61,14 +70,19 @@ describe("request side", () => {
 
   test("a header with CR or LF is refused, not injected", async () => {
     const [{ id }] = await db.sql`
-      select net.http_get(${fixture.url("/echo")}, headers => ${JSON.stringify({ "X-A": "v\r\nX-Injected: 1" })}::text::jsonb) as id
+      select net.http_get(${fixture.url("/echo")}, headers => ${
+      JSON.stringify({ "X-A": "v\r\nX-Injected: 1" })
+    }::text::jsonb) as id
     ` as unknown as [{ id: string }];
     failed(await thenNormal(id), 'Invalid value for header "X-A": CR, LF and NUL are not allowed');
     expect(fixture.requests.some((r) => r.headers.some(([n]) => n === "X-Injected"))).toBe(false);
   });
 
   test("a header name with a space is refused", async () => {
-    failed(await thenNormal(await direct({ url: fixture.url("/echo"), headers: '{"Bad Name": "x"}' })), 'Invalid header name "Bad Name"');
+    failed(
+      await thenNormal(await direct({ url: fixture.url("/echo"), headers: '{"Bad Name": "x"}' })),
+      'Invalid header name "Bad Name"',
+    );
   });
 
   test("a URL with an empty host, inserted directly, becomes an error", async () => {
@@ -99,11 +113,19 @@ describe("request side", () => {
 
 describe("response side", () => {
   test("a server that never answers times out", async () => {
-    failed(await thenNormal(await direct({ url: fixture.url("/never"), timeout: 300 })), /^Timeout of 300 ms reached/, true);
+    failed(
+      await thenNormal(await direct({ url: fixture.url("/never"), timeout: 300 })),
+      /^Timeout of 300 ms reached/,
+      true,
+    );
   });
 
   test("a body trickling in byte by byte times out", async () => {
-    failed(await thenNormal(await direct({ url: fixture.url("/trickle"), timeout: 500 })), /^Timeout of 500 ms reached/, true);
+    failed(
+      await thenNormal(await direct({ url: fixture.url("/trickle"), timeout: 500 })),
+      /^Timeout of 500 ms reached/,
+      true,
+    );
   });
 
   test("a connection closed mid-body is a partial transfer", async () => {
@@ -111,7 +133,10 @@ describe("response side", () => {
   });
 
   test("a connection reset mid-body is an error", async () => {
-    failed(await thenNormal(await direct({ url: fixture.url("/reset") })), /^(Transferred a partial file|Failure when receiving data from the peer)$/);
+    failed(
+      await thenNormal(await direct({ url: fixture.url("/reset") })),
+      /^(Transferred a partial file|Failure when receiving data from the peer)$/,
+    );
   });
 
   test("a body over the size cap (100 MB here) is an error, not a crash", async () => {
@@ -144,8 +169,12 @@ describe("settings", () => {
     try {
       await worker.reload();
       expect(worker.settings.batchSize).toBe(200);
-      expect(logger.lines.some((l) => l.includes("invalid pg_net.batch_size") && l.includes(`value=${value}`))).toBe(true);
-      const [{ id }] = await db.sql`select net.http_get(${fixture.url("/status/200")}) as id` as unknown as [{ id: string }];
+      expect(logger.lines.some((l) => l.includes("invalid pg_net.batch_size") && l.includes(`value=${value}`))).toBe(
+        true,
+      );
+      const [{ id }] = await db.sql`select net.http_get(${fixture.url("/status/200")}) as id` as unknown as [
+        { id: string },
+      ];
       expect((await responseFor(db.sql, id)).status_code).toBe(200);
     } finally {
       await db.sql`alter role postgres reset pg_net.batch_size`;

@@ -6,11 +6,26 @@ import { spawnSync } from "node:child_process";
 import { ROOT } from "./helpers/binary.ts";
 
 test("npm run bench -- --quick --json reports every scenario", () => {
-  const run = spawnSync(process.execPath, ["bench/bench.ts", "--quick", "--json"], { cwd: ROOT, encoding: "utf8", timeout: 240_000 });
+  const run = spawnSync(process.execPath, ["bench/bench.ts", "--quick", "--json"], {
+    cwd: ROOT,
+    encoding: "utf8",
+    timeout: 240_000,
+  });
   expect(run.status).toBe(0);
   const report = JSON.parse(run.stdout) as Record<string, unknown>;
   const names = Object.keys(report);
-  for (const scenario of ["throughput GET", "throughput POST", "latency p50", "latency p99", "head-of-line", "backlog", "target ceiling", "idle statements"]) {
+  for (
+    const scenario of [
+      "throughput GET",
+      "throughput POST",
+      "latency p50",
+      "latency p99",
+      "head-of-line",
+      "backlog",
+      "target ceiling",
+      "idle statements",
+    ]
+  ) {
     expect(names.some((n) => n.startsWith(scenario))).toBe(true);
   }
   for (const [name, value] of Object.entries(report)) {

@@ -41,8 +41,22 @@ describe("flags", () => {
   test("--help lists every flag with its default and environment variable", () => {
     const { code, stdout } = runPgnet(["--help"]);
     expect(code).toBe(0);
-    for (const text of ["--batch-size", "default 200", "PGNET_BATCH_SIZE", "--ttl", "default 6 hours", "--concurrency",
-      "--poll-interval", "--shutdown-timeout", "--log-level", "--log-format", "--status-host", "--status-port"]) {
+    for (
+      const text of [
+        "--batch-size",
+        "default 200",
+        "PGNET_BATCH_SIZE",
+        "--ttl",
+        "default 6 hours",
+        "--concurrency",
+        "--poll-interval",
+        "--shutdown-timeout",
+        "--log-level",
+        "--log-format",
+        "--status-host",
+        "--status-port",
+      ]
+    ) {
       expect(stdout).toContain(text);
     }
   });
@@ -50,7 +64,11 @@ describe("flags", () => {
   const bad: [string[], Record<string, string>, string][] = [
     [["--batch-size", "abc"], {}, 'Invalid --batch-size: expected an integer from 1 to 32767, got "abc"'],
     [["--batch-size", "0"], {}, 'Invalid --batch-size: expected an integer from 1 to 32767, got "0"'],
-    [["--ttl", "soon"], {}, 'Invalid --ttl: expected a duration such as "500ms", "30s", "5 minutes" or "6 hours", got "soon"'],
+    [
+      ["--ttl", "soon"],
+      {},
+      'Invalid --ttl: expected a duration such as "500ms", "30s", "5 minutes" or "6 hours", got "soon"',
+    ],
     [["--log-level", "loud"], {}, 'Invalid --log-level: expected debug, info, warn, error, got "loud"'],
     [["--status-port", "70000"], {}, 'Invalid --status-port: expected a port from 0 to 65535 or "off", got "70000"'],
     [["--frobnicate"], {}, 'Unknown option "--frobnicate"; see pgnet --help'],
@@ -92,7 +110,12 @@ describe("commands", () => {
 
   test("--database takes a database name, the rest from PG* variables", () => {
     const u = new URL(db.url);
-    const env = cleanEnv({ PGHOST: u.hostname, PGPORT: u.port, PGUSER: u.username, PGPASSWORD: decodeURIComponent(u.password) });
+    const env = cleanEnv({
+      PGHOST: u.hostname,
+      PGPORT: u.port,
+      PGUSER: u.username,
+      PGPASSWORD: decodeURIComponent(u.password),
+    });
     const result = runPgnet(["install", "--database", db.name], { env });
     expect(result.code).toBe(0);
     expect(runPgnet(["status"], { env: { ...env, PGDATABASE: db.name } }).stdout).toContain('"installedVersion": 1');
@@ -108,10 +131,14 @@ describe("run", () => {
       expect((await getJson(`${url}/health`)).status).toBe(200);
       db.pg.stop("fast");
       try {
-        const down = await waitFor(async () => {
-          const r = await getJson(`${url}/health`);
-          return r.status === 503 ? r : null;
-        }, 10_000, "health to turn 503");
+        const down = await waitFor(
+          async () => {
+            const r = await getJson(`${url}/health`);
+            return r.status === 503 ? r : null;
+          },
+          10_000,
+          "health to turn 503",
+        );
         expect(down.body.ok).toBe(false);
         expect(String(down.body.reason)).toMatch(/not connected|reconnecting/);
       } finally {
@@ -132,7 +159,8 @@ describe("run", () => {
       const url = await pgnet.statusUrl();
       const auth = { headers: { authorization: "Bearer s3cret" } };
       expect((await getJson(`${url}/reload`, { method: "POST" })).status).toBe(401);
-      expect((await getJson(`${url}/reload`, { method: "POST", headers: { authorization: "Bearer nope" } })).status).toBe(401);
+      expect((await getJson(`${url}/reload`, { method: "POST", headers: { authorization: "Bearer nope" } })).status)
+        .toBe(401);
       await db.sql`alter role postgres set pg_net.batch_size = 42`;
       try {
         const reloaded = await getJson(`${url}/reload`, { method: "POST", ...auth });
@@ -143,15 +171,20 @@ describe("run", () => {
       } finally {
         await db.sql`alter role postgres reset pg_net.batch_size`;
       }
-      const listener = async () => (await db.sql`
+      const listener = async () =>
+        (await db.sql`
         select pid from pg_stat_activity where datname = ${db.name} and application_name like 'pgnet % worker'
       `).map((r) => r.pid);
       const before = await listener();
       expect((await getJson(`${url}/restart`, { method: "POST", ...auth })).status).toBe(200);
-      const after = await waitFor(async () => {
-        const now = await listener();
-        return now.length === 1 && now[0] !== before[0] ? now : null;
-      }, 5000, "a new listener session");
+      const after = await waitFor(
+        async () => {
+          const now = await listener();
+          return now.length === 1 && now[0] !== before[0] ? now : null;
+        },
+        5000,
+        "a new listener session",
+      );
       expect(after).toHaveLength(1);
     } finally {
       expect(await pgnet.stop()).toBe(0);
@@ -162,7 +195,8 @@ describe("run", () => {
     const pgnet = new PgnetProcess(["--database", db.url, "--status-port", "off", "--log-format", "json"]);
     try {
       await pgnet.waitForLine(/"msg":"worker started"/);
-      const ids = (await db.sql`select net.http_get(${fixture.url("/delay/1500")}) as id from generate_series(1, 5)`).map((r) => r.id);
+      const ids = (await db.sql`select net.http_get(${fixture.url("/delay/1500")}) as id from generate_series(1, 5)`)
+        .map((r) => r.id);
       await waitFor(() => fixture.received("/delay/1500").length >= 5, 5000, "the requests to be in flight");
       pgnet.signal("SIGTERM");
       expect(await pgnet.exited).toBe(0);
@@ -216,7 +250,9 @@ describe("signals to a process group", () => {
     // no BUN_CONFIG_MAX_HTTP_REQUESTS: the default window makes pgnet relaunch itself, as under `npm start`
     const pgnet = new PgnetProcess(["--database", db.url, "--status-port", "off"], { detached: true });
     await pgnet.waitForLine(/worker started/);
-    const ids = (await db.sql`select net.http_get(${fixture.url("/delay/800")}) as id from generate_series(1, 3)`).map((r) => r.id);
+    const ids = (await db.sql`select net.http_get(${fixture.url("/delay/800")}) as id from generate_series(1, 3)`).map((
+      r,
+    ) => r.id);
     await waitFor(() => fixture.received("/delay/800").length >= 3, 5000, "the requests to be in flight");
     process.kill(-pgnet.child.pid!, "SIGINT"); // what a terminal does: every process in the group
     pgnet.signal("SIGINT"); // and what npm does: forward it once more
@@ -250,7 +286,10 @@ describe("first run", () => {
     await new Promise((r) => taken.once("listening", r));
     const statusPort = String((taken.address() as { port: number }).port);
     try {
-      const result = runPgnet(["--embedded-port", String(await freePort()), "--status-port", statusPort], { cwd, env: embeddedEnv() });
+      const result = runPgnet(["--embedded-port", String(await freePort()), "--status-port", statusPort], {
+        cwd,
+        env: embeddedEnv(),
+      });
       expect(result.code).toBe(1);
       expect(result.stderr).toMatch(/EADDRINUSE|in use/i);
       expect(existsSync(join(cwd, "pgnet-data", "postgres", "PG_VERSION"))).toBe(true);

@@ -19,8 +19,13 @@ test("durations take units and mixed parts; a bare number is in the setting's ow
 test("defaults apply when nothing is set", () => {
   const { settings, sources } = resolveSettings({});
   expect(settings).toEqual({
-    batchSize: 200, ttlSeconds: 21600, concurrency: 2048, pollIntervalMs: 5000, leaseMs: 60000,
-    shutdownTimeoutMs: 30000, maxResponseBytes: 64 * 1024 * 1024,
+    batchSize: 200,
+    ttlSeconds: 21600,
+    concurrency: 2048,
+    pollIntervalMs: 5000,
+    leaseMs: 60000,
+    shutdownTimeoutMs: 30000,
+    maxResponseBytes: 64 * 1024 * 1024,
   });
   expect(new Set(Object.values(sources))).toEqual(new Set(["default"]));
 });
@@ -49,7 +54,8 @@ test("a bad database value is reported and replaced by the default; NULL and '' 
   const reported: string[] = [];
   const { settings, sources } = resolveSettings({
     database: { "pg_net.batch_size": "0", "pg_net.ttl": "" },
-    onInvalidDatabaseValue: (name, value, reason, fallback) => reported.push(`${name}=${value}: ${reason}; ${fallback}`),
+    onInvalidDatabaseValue: (name, value, reason, fallback) =>
+      reported.push(`${name}=${value}: ${reason}; ${fallback}`),
   });
   expect(settings.batchSize).toBe(200);
   expect(sources.batchSize).toBe("default");

@@ -30,18 +30,24 @@ function pgnet(...args: string[]): PgnetProcess {
 
 async function enqueue(path: string, count: number, timeoutMs = 30_000): Promise<string[]> {
   return (await db.sql`
-    select net.http_get(${fixture.url(path)}, timeout_milliseconds => ${timeoutMs}) as id from generate_series(1, ${count})
+    select net.http_get(${
+    fixture.url(path)
+  }, timeout_milliseconds => ${timeoutMs}) as id from generate_series(1, ${count})
   `).map((r) => r.id as string);
 }
 
 /** Waits until every id has a response and none is queued; returns rows per id (always 1, by the unique index). */
 async function drained(ids: string[], timeoutMs = 60_000): Promise<void> {
-  await waitFor(async () => {
-    const [row] = await db.sql`
+  await waitFor(
+    async () => {
+      const [row] = await db.sql`
       select count(*)::int as n from net._http_response where id = any(${ids}::bigint[])
     `;
-    return row!.n === ids.length;
-  }, timeoutMs, `${ids.length} responses`);
+      return row!.n === ids.length;
+    },
+    timeoutMs,
+    `${ids.length} responses`,
+  );
   const [left] = await db.sql`select count(*)::int as n from net.http_request_queue where id = any(${ids}::bigint[])`;
   expect(left!.n).toBe(0);
 }
@@ -56,34 +62,38 @@ function deliveries(requests: Received[]): Map<string, number> {
   return counts;
 }
 
-test("kill -9 with 1,000 requests in flight: the next process re-runs exactly those, each id answered once", async () => {
-  const path = "/delay/3000";
-  const first = pgnet("--concurrency", "1000", "--lease", "2s");
-  await first.waitForLine(/worker started/);
-  const ids = await enqueue(path, 1200);
-  await waitFor(() => fixture.received(path).length >= 1000, 20_000, "1,000 requests in flight");
-  first.signal("SIGKILL");
-  await first.exited;
-  const inFlight = new Set(deliveries(fixture.received(path)).keys());
-  expect(inFlight.size).toBe(1000);
+test(
+  "kill -9 with 1,000 requests in flight: the next process re-runs exactly those, each id answered once",
+  async () => {
+    const path = "/delay/3000";
+    const first = pgnet("--concurrency", "1000", "--lease", "2s");
+    await first.waitForLine(/worker started/);
+    const ids = await enqueue(path, 1200);
+    await waitFor(() => fixture.received(path).length >= 1000, 20_000, "1,000 requests in flight");
+    first.signal("SIGKILL");
+    await first.exited;
+    const inFlight = new Set(deliveries(fixture.received(path)).keys());
+    expect(inFlight.size).toBe(1000);
 
-  const second = pgnet("--concurrency", "1000", "--lease", "2s");
-  try {
-    await drained(ids);
-  } finally {
-    expect(await second.stop()).toBe(0);
-  }
-  const rows = await db.sql`select count(*)::int as n, count(*) filter (where status_code = 200)::int as ok
+    const second = pgnet("--concurrency", "1000", "--lease", "2s");
+    try {
+      await drained(ids);
+    } finally {
+      expect(await second.stop()).toBe(0);
+    }
+    const rows = await db.sql`select count(*)::int as n, count(*) filter (where status_code = 200)::int as ok
                               from net._http_response where id = any(${ids}::bigint[])`;
-  expect(rows[0]).toEqual({ n: 1200, ok: 1200 });
-  const counts = deliveries(fixture.received(path));
-  const twice = [...counts].filter(([, n]) => n === 2).map(([id]) => id);
-  expect(counts.size).toBe(1200);
-  expect([...counts.values()].every((n) => n <= 2)).toBe(true);
-  expect(new Set(twice)).toEqual(inFlight); // sent twice: exactly the ones in flight at the kill
-  const [attempts] = await db.sql`select count(*)::int as n from net.http_request_queue`;
-  expect(attempts!.n).toBe(0);
-}, 90_000);
+    expect(rows[0]).toEqual({ n: 1200, ok: 1200 });
+    const counts = deliveries(fixture.received(path));
+    const twice = [...counts].filter(([, n]) => n === 2).map(([id]) => id);
+    expect(counts.size).toBe(1200);
+    expect([...counts.values()].every((n) => n <= 2)).toBe(true);
+    expect(new Set(twice)).toEqual(inFlight); // sent twice: exactly the ones in flight at the kill
+    const [attempts] = await db.sql`select count(*)::int as n from net.http_request_queue`;
+    expect(attempts!.n).toBe(0);
+  },
+  90_000,
+);
 
 test("PostgreSQL restarting mid-load and every pgnet connection terminated: 5,000 requests answered once", async () => {
   const path = "/delay/300";
@@ -155,7 +165,9 @@ test("SIGTERM under load loses nothing: unfinished requests go back to the queue
 test("a connection whose first query fails cannot crash pgnet (postgres.js internal type query, #1192)", async () => {
   // statement_timeout = 1ms cancels the first query of every session of this role
   const password = decodeURIComponent(new URL(db.url).password);
-  await db.sql.unsafe(`create role pgnet_hasty login password '${password}'; alter role pgnet_hasty set statement_timeout = '1ms'`);
+  await db.sql.unsafe(
+    `create role pgnet_hasty login password '${password}'; alter role pgnet_hasty set statement_timeout = '1ms'`,
+  );
   const url = Object.assign(new URL(db.url), { username: "pgnet_hasty" }).toString();
   let unhandled = 0;
   const count = () => unhandled++;
@@ -179,7 +191,11 @@ test("two workers racing at a lease boundary both deliver, but only one response
   try {
     const path = "/delay/1000";
     const [{ id }] = await db.sql`select net.http_get(${fixture.url(path)}) as id` as unknown as [{ id: string }];
-    await waitFor(() => fixture.received(path).some((r) => header(r, "X-Pgnet-Request-Id")[0] === id), 5000, "A to send it");
+    await waitFor(
+      () => fixture.received(path).some((r) => header(r, "X-Pgnet-Request-Id")[0] === id),
+      5000,
+      "A to send it",
+    );
     // A's lease runs out mid-request, as when its renewals cannot reach the database
     await db.sql`update net.http_request_queue set lease_until = now() - interval '1 second' where id = ${id}`;
     const c = await startWorker(db.url, { "poll-interval": "100ms" });
@@ -200,14 +216,22 @@ test("two workers racing at a lease boundary both deliver, but only one response
 });
 
 test("above Bun's fetch limit, pgnet relaunches itself with the limit raised, and kill -9 still stops it all", async () => {
-  const parent = new PgnetProcess(["--database", db.url, "--status-port", "off", "--concurrency", "600"], { env: cleanEnv() });
+  const parent = new PgnetProcess(["--database", db.url, "--status-port", "off", "--concurrency", "600"], {
+    env: cleanEnv(),
+  });
   await parent.waitForLine(/worker started/);
-  const children = readFileSync(`/proc/${parent.child.pid}/task/${parent.child.pid}/children`, "utf8").trim().split(/\s+/);
+  const children = readFileSync(`/proc/${parent.child.pid}/task/${parent.child.pid}/children`, "utf8").trim().split(
+    /\s+/,
+  );
   expect(children).toHaveLength(1);
   const child = Number(children[0]);
   expect(readFileSync(`/proc/${child}/environ`, "utf8").split("\0")).toContain("BUN_CONFIG_MAX_HTTP_REQUESTS=600");
-  expect(parent.lines.some((l) => l.includes("above the") && l.includes("fetches the runtime runs at once"))).toBe(false);
-  const [{ id }] = await db.sql`select net.http_get(${fixture.url("/status/200")}) as id` as unknown as [{ id: string }];
+  expect(parent.lines.some((l) => l.includes("above the") && l.includes("fetches the runtime runs at once"))).toBe(
+    false,
+  );
+  const [{ id }] = await db.sql`select net.http_get(${fixture.url("/status/200")}) as id` as unknown as [
+    { id: string },
+  ];
   expect((await responseFor(db.sql, id)).status_code).toBe(200);
   parent.signal("SIGKILL");
   await parent.exited;
@@ -223,8 +247,14 @@ test("the worker idles with one clear log line while schema net is gone or half 
     await Bun.sleep(600);
     expect(missing()).toBe(1);
     await install(db.sql);
-    await waitFor(() => logger.lines.some((l) => l.includes("schema net is installed again: resuming")), 5000, "resume");
-    const [{ id }] = await db.sql`select net.http_get(${fixture.url("/status/200")}) as id` as unknown as [{ id: string }];
+    await waitFor(
+      () => logger.lines.some((l) => l.includes("schema net is installed again: resuming")),
+      5000,
+      "resume",
+    );
+    const [{ id }] = await db.sql`select net.http_get(${fixture.url("/status/200")}) as id` as unknown as [
+      { id: string },
+    ];
     expect((await responseFor(db.sql, id)).status_code).toBe(200);
 
     await db.sql`drop table net._http_response`;
@@ -234,7 +264,9 @@ test("the worker idles with one clear log line while schema net is gone or half 
     expect(worker.status().state).toBe("running");
     await uninstall(db.sql);
     await install(db.sql);
-    const [{ id: again }] = await db.sql`select net.http_get(${fixture.url("/status/200")}) as id` as unknown as [{ id: string }];
+    const [{ id: again }] = await db.sql`select net.http_get(${fixture.url("/status/200")}) as id` as unknown as [
+      { id: string },
+    ];
     expect((await responseFor(db.sql, again)).status_code).toBe(200);
   } finally {
     await worker.stop({ timeout: 1000 });

@@ -120,13 +120,19 @@ describe("a successful response", () => {
 
   test("response header names get their usual capitalisation, such as ETag", async () => {
     const { row } = await run({ url: fixture.url("/headers") });
-    expect(Object.keys(row.headers!).sort()).toEqual(["Content-Length", "Content-Type", "ETag", "Set-Cookie", "X-Custom"]);
+    expect(Object.keys(row.headers!).sort()).toEqual([
+      "Content-Length",
+      "Content-Type",
+      "ETag",
+      "Set-Cookie",
+      "X-Custom",
+    ]);
     expect(row.headers!.ETag).toBe('"v1"');
     expect(row.content_type).toBe("text/plain; charset=utf-8");
     expect(row.content).toBe("with headers");
   });
 
-  test("repeated response headers are joined with a comma, as Set-Cookie a=1 and b=2 give \"a=1, b=2\"", async () => {
+  test('repeated response headers are joined with a comma, as Set-Cookie a=1 and b=2 give "a=1, b=2"', async () => {
     const { row } = await run({ url: fixture.url("/headers") });
     expect(row.headers!["Set-Cookie"]).toBe("a=1, b=2");
   });
@@ -151,7 +157,10 @@ describe("a successful response", () => {
 
 describe("request headers", () => {
   test("the caller's headers are sent", async () => {
-    const { row, id } = await run({ url: fixture.url("/echo"), headers: { "X-Custom": "yes", "X-Other": "two words" } });
+    const { row, id } = await run({
+      url: fixture.url("/echo"),
+      headers: { "X-Custom": "yes", "X-Other": "two words" },
+    });
     expect(row.status_code).toBe(200);
     const received = only(id);
     expect(header(received, "X-Custom")).toEqual(["yes"]);
@@ -176,7 +185,10 @@ describe("request headers", () => {
   });
 
   test("headers whose JSON value is null or the empty string are not sent", async () => {
-    const { row, id } = await run({ url: fixture.url("/echo"), headers: { "X-Null": null, "X-Empty": "", "X-Kept": "k" } });
+    const { row, id } = await run({
+      url: fixture.url("/echo"),
+      headers: { "X-Null": null, "X-Empty": "", "X-Kept": "k" },
+    });
     expect(row.status_code).toBe(200);
     const received = only(id);
     expect(header(received, "X-Null")).toEqual([]);
@@ -421,12 +433,14 @@ describe("redirects", () => {
   });
 
   test("a redirect with an absolute Location to another port is followed", async () => {
-    const { row, id } = await run({ url: fixture.url(`/redirect/302?to=${encodeURIComponent(fixture6.url("/echo"))}`) });
+    const { row, id } = await run({
+      url: fixture.url(`/redirect/302?to=${encodeURIComponent(fixture6.url("/echo"))}`),
+    });
     expect(row.status_code).toBe(200);
     expect(only(id, fixture6).path).toBe("/echo");
   });
 
-  test("a redirect loop ends with \"Number of redirects hit maximum amount\" after 30 redirects", async () => {
+  test('a redirect loop ends with "Number of redirects hit maximum amount" after 30 redirects', async () => {
     // an empty Location points back at the same URL
     const { row, id } = await run({ url: fixture.url("/redirect/302?to=") });
     expect(expectErrorRow(row, id)).toBe("Number of redirects hit maximum amount");
@@ -439,19 +453,19 @@ describe("redirects", () => {
     expect(sent(id)).toHaveLength(3);
   });
 
-  test("a redirect whose Location is not a valid URL gives \"URL using bad/illegal format or missing URL\"", async () => {
+  test('a redirect whose Location is not a valid URL gives "URL using bad/illegal format or missing URL"', async () => {
     const { row, id } = await run({ url: fixture.url("/redirect/302?to=http://%5Bbad") });
     expect(expectErrorRow(row, id)).toBe("URL using bad/illegal format or missing URL");
     expect(sent(id)).toHaveLength(1);
   });
 
-  test("a redirect to file:// gives \"Unsupported protocol\"", async () => {
+  test('a redirect to file:// gives "Unsupported protocol"', async () => {
     const { row, id } = await run({ url: fixture.url("/redirect/302?to=file:///etc/passwd") });
     expect(expectErrorRow(row, id)).toBe("Unsupported protocol");
     expect(sent(id)).toHaveLength(1);
   });
 
-  test("a redirect to ftp:// gives \"Unsupported protocol\"", async () => {
+  test('a redirect to ftp:// gives "Unsupported protocol"', async () => {
     const { row, id } = await run({ url: fixture.url("/redirect/301?to=ftp://127.0.0.1/file") });
     expect(expectErrorRow(row, id)).toBe("Unsupported protocol");
   });
@@ -498,43 +512,43 @@ describe("redirects", () => {
 });
 
 describe("error texts", () => {
-  test("file:///etc/passwd gives \"Unsupported protocol\"", async () => {
+  test('file:///etc/passwd gives "Unsupported protocol"', async () => {
     const { row, id } = await run({ url: "file:///etc/passwd" });
     expect(expectErrorRow(row, id)).toBe("Unsupported protocol");
   });
 
-  test("ftp://127.0.0.1/ gives \"Unsupported protocol\"", async () => {
+  test('ftp://127.0.0.1/ gives "Unsupported protocol"', async () => {
     const { row, id } = await run({ url: "ftp://127.0.0.1/" });
     expect(expectErrorRow(row, id)).toBe("Unsupported protocol");
   });
 
-  test("a URL that does not parse gives \"URL using bad/illegal format or missing URL\"", async () => {
+  test('a URL that does not parse gives "URL using bad/illegal format or missing URL"', async () => {
     const { row, id } = await run({ url: "not a url" });
     expect(expectErrorRow(row, id)).toBe("URL using bad/illegal format or missing URL");
   });
 
-  test("a refused connection gives \"Couldn't connect to server\"", async () => {
+  test('a refused connection gives "Couldn\'t connect to server"', async () => {
     const port = await closedPort();
     const { row, id } = await run({ url: `http://127.0.0.1:${port}/` });
     expect(expectErrorRow(row, id)).toBe("Couldn't connect to server");
   });
 
-  test("a server that closes without answering gives \"Server returned nothing (no headers, no data)\"", async () => {
+  test('a server that closes without answering gives "Server returned nothing (no headers, no data)"', async () => {
     const { row, id } = await run({ url: fixture.url("/disconnect") });
     expect(expectErrorRow(row, id)).toBe("Server returned nothing (no headers, no data)");
   });
 
-  test("a header line without a colon gives \"Weird server reply\"", async () => {
+  test('a header line without a colon gives "Weird server reply"', async () => {
     const { row, id } = await run({ url: fixture.url("/weird") });
     expect(expectErrorRow(row, id)).toContain("Weird server reply");
   });
 
-  test("a body shorter than its Content-Length gives \"Transferred a partial file\"", async () => {
+  test('a body shorter than its Content-Length gives "Transferred a partial file"', async () => {
     const { row, id } = await run({ url: fixture.url("/partial") });
     expect(expectErrorRow(row, id)).toBe("Transferred a partial file");
   });
 
-  test("a connection reset in the middle of a chunked body gives \"Failure when receiving data from the peer\"", async () => {
+  test('a connection reset in the middle of a chunked body gives "Failure when receiving data from the peer"', async () => {
     const server = await rawServer((socket) => {
       socket.write("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n");
       setTimeout(() => socket.destroy(), 20);
@@ -547,7 +561,7 @@ describe("error texts", () => {
     }
   });
 
-  test("a host name that does not resolve gives \"Couldn't resolve host name\"", async () => {
+  test('a host name that does not resolve gives "Couldn\'t resolve host name"', async () => {
     const { row, id } = await run({ url: "http://no-such-host.invalid/" });
     expect(expectErrorRow(row, id)).toBe("Couldn't resolve host name");
   });
@@ -562,7 +576,19 @@ describe("error texts", () => {
       const key = join(dir, "key.pem");
       const cert = join(dir, "cert.pem");
       execFileSync("openssl", [
-        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert, "-days", "1", "-subj", "/CN=localhost",
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        key,
+        "-out",
+        cert,
+        "-days",
+        "1",
+        "-subj",
+        "/CN=localhost",
       ], { stdio: "ignore" });
       server = createTlsServer({ key: readFileSync(key), cert: readFileSync(cert) }, (socket) => {
         socket.on("error", () => {});
@@ -578,7 +604,7 @@ describe("error texts", () => {
       if (dir) rmSync(dir, { recursive: true, force: true });
     });
 
-    test("a self-signed certificate gives \"SSL peer certificate or SSH remote key was not OK\"", async () => {
+    test('a self-signed certificate gives "SSL peer certificate or SSH remote key was not OK"', async () => {
       const { row, id } = await run({ url: `https://localhost:${port}/` });
       expect(expectErrorRow(row, id)).toBe("SSL peer certificate or SSH remote key was not OK");
     });
@@ -687,7 +713,7 @@ describe("response bodies", () => {
     expect(row.content).toBe("a".repeat(1000));
   });
 
-  test("a body over maxResponseBytes becomes an error row mentioning \"Maximum file size exceeded\"", async () => {
+  test('a body over maxResponseBytes becomes an error row mentioning "Maximum file size exceeded"', async () => {
     const { row, id } = await run({ url: fixture.url("/huge/1001") }, { maxResponseBytes: 1000 });
     expect(expectErrorRow(row, id)).toContain("Maximum file size exceeded");
   });

@@ -42,7 +42,11 @@ test("a role created before the install can enqueue and read responses", async (
 });
 
 test("two processes installing at once both succeed and the SQL runs once", async () => {
-  const clients = [connect({ url: db.url }, { max: 1 }), connect({ url: db.url }, { max: 1 }), connect({ url: db.url }, { max: 1 })];
+  const clients = [
+    connect({ url: db.url }, { max: 1 }),
+    connect({ url: db.url }, { max: 1 }),
+    connect({ url: db.url }, { max: 1 }),
+  ];
   try {
     const results = await Promise.all(clients.map((c) => install(c)));
     expect(results.map((r) => r.applied.length).sort()).toEqual([0, 0, 1]);
@@ -87,7 +91,8 @@ test("a schema net that pgnet did not create is neither installed over nor dropp
 
 test("--unlogged makes the queue and response tables unlogged", async () => {
   await install(db.sql);
-  const persistence = async () => (await db.sql`
+  const persistence = async () =>
+    (await db.sql`
     select relname, relpersistence from pg_class
      where relname in ('http_request_queue', '_http_response') and relnamespace = 'net'::regnamespace order by relname
   `).map((r) => `${r.relname}:${r.relpersistence}`);

@@ -1,13 +1,22 @@
 #!/usr/bin/env bash
-# The whole check: type-check, then every test file against a real PostgreSQL. Ends with "N passed, N failed".
+# The whole check (npm run check, npm test): format, lint, type check, then every test file against a real
+# PostgreSQL. Ends with "N passed, N failed". Arguments go to bun test (e.g. a file, or -t "name").
 set -uo pipefail
 cd "$(dirname "$0")/.."
 bin=./node_modules/.bin
-echo "== type check"
-if ! "$bin/tsc" --noEmit -p .; then
+deno=./node_modules/@deno/linux-x64-glibc/deno
+fail() {
+  echo "$1"
   echo "0 passed, 1 failed"
   exit 1
-fi
+}
+[ -x "$deno" ] || fail "deno (npm package @deno/linux-x64-glibc, for deno fmt and deno lint) is missing: run npm ci"
+echo "== format (deno fmt --check)"
+"$deno" fmt --check --quiet || fail "formatting differs: run npm run fmt"
+echo "== lint (deno lint)"
+"$deno" lint --quiet || fail "lint found problems"
+echo "== type check"
+"$bin/tsc" --noEmit -p . || fail "type check failed"
 echo "== tests"
 log=$(mktemp)
 "$bin/bun" test --timeout 60000 "$@" 2>&1 | tee "$log"

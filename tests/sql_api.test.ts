@@ -27,7 +27,7 @@ describe("signatures", () => {
     ],
     http_post: [
       "url text, body jsonb DEFAULT '{}'::jsonb, params jsonb DEFAULT '{}'::jsonb, headers jsonb DEFAULT " +
-      "'{\"Content-Type\": \"application/json\"}'::jsonb, timeout_milliseconds integer DEFAULT 5000",
+      '\'{"Content-Type": "application/json"}\'::jsonb, timeout_milliseconds integer DEFAULT 5000',
       "bigint",
     ],
     http_delete: [
@@ -67,20 +67,33 @@ describe("signatures", () => {
          where attrelid = ${table}::regclass and attnum > 0 and not attisdropped order by attnum
       `).map((r) => r.c);
     expect((await columns("net.http_request_queue")).slice(0, 6)).toEqual([
-      "id bigint", "method net.http_method", "url text", "headers jsonb", "body bytea", "timeout_milliseconds integer",
+      "id bigint",
+      "method net.http_method",
+      "url text",
+      "headers jsonb",
+      "body bytea",
+      "timeout_milliseconds integer",
     ]);
     expect(await columns("net._http_response")).toEqual([
-      "id bigint", "status_code integer", "content_type text", "headers jsonb", "content text", "timed_out boolean",
-      "error_msg text", "created timestamp with time zone",
+      "id bigint",
+      "status_code integer",
+      "content_type text",
+      "headers jsonb",
+      "content text",
+      "timed_out boolean",
+      "error_msg text",
+      "created timestamp with time zone",
     ]);
   });
 
   test("the types and the method domain match pg_net", async () => {
     const [labels] = await db.sql`select enum_range(null::net.request_status)::text as v`;
     expect(labels!.v).toBe("{PENDING,SUCCESS,ERROR}");
-    const [result] = await db.sql`select ('SUCCESS', 'ok', (200, '{}'::jsonb, 'b')::net.http_response)::net.http_response_result::text as v`;
+    const [result] = await db
+      .sql`select ('SUCCESS', 'ok', (200, '{}'::jsonb, 'b')::net.http_response)::net.http_response_result::text as v`;
     expect(result!.v).toBe('(SUCCESS,ok,"(200,{},b)")');
-    const [ok] = await db.sql`select 'Get'::net.http_method as a, 'post'::net.http_method as b, 'DELETE'::net.http_method as c`;
+    const [ok] = await db
+      .sql`select 'Get'::net.http_method as a, 'post'::net.http_method as b, 'DELETE'::net.http_method as c`;
     expect(ok).toEqual({ a: "Get", b: "post", c: "DELETE" });
     await expect(db.sql`select 'PUT'::net.http_method`).rejects.toThrow(/http_method_check/);
   });
@@ -214,36 +227,45 @@ describe("URLs", () => {
 
 describe("enqueueing", () => {
   test("http_get() returns the request id and queues the request", async () => {
-    const [{ id }] = await db.sql`select net.http_get('http://localhost/x', headers => '{"A": "1"}') as id` as unknown as [{ id: string }];
-    const [row] = await db.sql`select method, url, headers, body, timeout_milliseconds as t from net.http_request_queue where id = ${id}`;
+    const [{ id }] = await db
+      .sql`select net.http_get('http://localhost/x', headers => '{"A": "1"}') as id` as unknown as [{ id: string }];
+    const [row] = await db
+      .sql`select method, url, headers, body, timeout_milliseconds as t from net.http_request_queue where id = ${id}`;
     expect(row).toEqual({ method: "GET", url: "http://localhost/x", headers: { A: "1" }, body: null, t: 5000 });
   });
 
   test("headers that are not a JSON object fail in the caller's transaction and queue nothing", async () => {
     const before = await queueCount();
     for (const [headers, kind] of [["[1, 2]", "array"], ['"text"', "string"], ["3", "number"]] as const) {
-      await expect(db.sql`select net.http_get('http://localhost/', headers => ${headers}::text::jsonb)`).rejects.toThrow(
-        `headers must be a JSON object, got a JSON ${kind}`,
-      );
+      await expect(db.sql`select net.http_get('http://localhost/', headers => ${headers}::text::jsonb)`).rejects
+        .toThrow(
+          `headers must be a JSON object, got a JSON ${kind}`,
+        );
     }
     expect(await queueCount()).toBe(before);
   });
 
   test("http_post() adds Content-Type: application/json when no content-type is given", async () => {
-    const [{ id }] = await db.sql`select net.http_post('http://localhost/', headers => '{"other": "x"}') as id` as unknown as [{ id: string }];
-    const [row] = await db.sql`select headers, convert_from(body, 'UTF8') as body from net.http_request_queue where id = ${id}`;
+    const [{ id }] = await db
+      .sql`select net.http_post('http://localhost/', headers => '{"other": "x"}') as id` as unknown as [{ id: string }];
+    const [row] = await db
+      .sql`select headers, convert_from(body, 'UTF8') as body from net.http_request_queue where id = ${id}`;
     expect(row).toEqual({ headers: { other: "x", "Content-Type": "application/json" }, body: "{}" });
   });
 
   test("http_post() accepts application/json under any header-name case and nothing else", async () => {
-    const [{ id }] = await db.sql`select net.http_post('http://localhost/', headers => '{"content-TYPE": "application/json"}') as id` as unknown as [{ id: string }];
+    const [{ id }] = await db
+      .sql`select net.http_post('http://localhost/', headers => '{"content-TYPE": "application/json"}') as id` as unknown as [
+        { id: string },
+      ];
     const [row] = await db.sql`select headers from net.http_request_queue where id = ${id}`;
     expect(row!.headers).toEqual({ "content-TYPE": "application/json" });
     for (const type of ["application/json; charset=utf-8", "text/plain"]) {
       const headers = JSON.stringify({ "Content-Type": type });
-      await expect(db.sql`select net.http_post('http://localhost/', headers => ${headers}::text::jsonb)`).rejects.toThrow(
-        'Content-Type header must be "application/json"',
-      );
+      await expect(db.sql`select net.http_post('http://localhost/', headers => ${headers}::text::jsonb)`).rejects
+        .toThrow(
+          'Content-Type header must be "application/json"',
+        );
     }
   });
 
@@ -334,7 +356,10 @@ describe("collect", () => {
 
   test("the deprecated http_collect_response() works and says it is deprecated", async () => {
     const notices: string[] = [];
-    const client = rawClient(db.url, { max: 1, onnotice: (n: { message: string }) => notices.push(n.message) } as never);
+    const client = rawClient(
+      db.url,
+      { max: 1, onnotice: (n: { message: string }) => notices.push(n.message) } as never,
+    );
     try {
       const [row] = await client`select status from net.http_collect_response(900001)`;
       expect(row!.status).toBe("SUCCESS");

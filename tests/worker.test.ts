@@ -46,7 +46,11 @@ describe("requests", () => {
       timed_out: false,
       error_msg: null,
     });
-    expect(row.headers).toMatchObject({ "Content-Type": "text/plain; charset=utf-8", "X-Custom": "spaced", ETag: '"v1"' });
+    expect(row.headers).toMatchObject({
+      "Content-Type": "text/plain; charset=utf-8",
+      "X-Custom": "spaced",
+      ETag: '"v1"',
+    });
     const [sent] = fixture.received("/headers").slice(-1);
     expect(sent!.method).toBe("GET");
     expect(sent!.target).toBe("/headers?n=1&q=a%20b");
@@ -113,13 +117,19 @@ describe("requests", () => {
 describe("sliding window", () => {
   test("a slow endpoint never holds back fast ones: they finish while it is still in flight", async () => {
     worker = await startWorker(db.url, { concurrency: "4" });
-    const slow = await enqueue(db.sql`select net.http_get(${fixture.url("/never")}, timeout_milliseconds => 3000) as id`);
+    const slow = await enqueue(
+      db.sql`select net.http_get(${fixture.url("/never")}, timeout_milliseconds => 3000) as id`,
+    );
     const fast = (await db.sql`select net.http_get(${fixture.url("/status/200")}) as id from generate_series(1, 40)`)
       .map((r) => r.id as string);
-    await waitFor(async () => {
-      const [row] = await db.sql`select count(*)::int as n from net._http_response where id = any(${fast}::bigint[])`;
-      return row!.n === 40;
-    }, 10_000, "the fast responses");
+    await waitFor(
+      async () => {
+        const [row] = await db.sql`select count(*)::int as n from net._http_response where id = any(${fast}::bigint[])`;
+        return row!.n === 40;
+      },
+      10_000,
+      "the fast responses",
+    );
     // the slow request is still running: its response is not stored yet
     const [slowRow] = await db.sql`select count(*)::int as n from net._http_response where id = ${slow}`;
     expect(slowRow!.n).toBe(0);
@@ -134,8 +144,9 @@ describe("failures become rows", () => {
     const row = await responseFor(db.sql, id);
     expect(row.timed_out).toBe(true);
     expect(row.status_code).toBeNull();
-    const m = /^Timeout of 300 ms reached\. Total time: (\d+\.\d{6}) ms \(DNS time: (\d+\.\d{6}) ms, TCP\/SSL handshake time: (\d+\.\d{6}) ms, HTTP Request\/Response time: (\d+\.\d{6}) ms\)$/
-      .exec(row.error_msg!);
+    const m =
+      /^Timeout of 300 ms reached\. Total time: (\d+\.\d{6}) ms \(DNS time: (\d+\.\d{6}) ms, TCP\/SSL handshake time: (\d+\.\d{6}) ms, HTTP Request\/Response time: (\d+\.\d{6}) ms\)$/
+        .exec(row.error_msg!);
     expect(m).not.toBeNull();
     for (const figure of m!.slice(1)) expect(Number(figure)).toBeGreaterThan(0);
   });
@@ -192,7 +203,9 @@ describe("waking", () => {
   test("rows inserted directly into the queue are processed without a wake", async () => {
     worker = await startWorker(db.url, { "poll-interval": "100ms" });
     const id = await enqueue(db.sql`
-      insert into net.http_request_queue (method, url, timeout_milliseconds) values ('GET', ${fixture.url("/status/203")}, 5000)
+      insert into net.http_request_queue (method, url, timeout_milliseconds) values ('GET', ${
+      fixture.url("/status/203")
+    }, 5000)
       returning id
     `);
     expect((await responseFor(db.sql, id)).status_code).toBe(203);
@@ -243,10 +256,14 @@ describe("worker functions", () => {
         expect(result).toEqual(["", true]);
       }
       await worker.stop({ timeout: 1000 });
-      await waitFor(async () => {
-        const attempt = await db.sql`select net.check_worker_is_up()`.then(() => "up", (e: Error) => e.message);
-        return attempt === "the pg_net background worker is not up";
-      }, 5000, "check_worker_is_up() to notice the stopped worker");
+      await waitFor(
+        async () => {
+          const attempt = await db.sql`select net.check_worker_is_up()`.then(() => "up", (e: Error) => e.message);
+          return attempt === "the pg_net background worker is not up";
+        },
+        5000,
+        "check_worker_is_up() to notice the stopped worker",
+      );
     } finally {
       await db.sql`drop role pgnet_plain_role`;
     }
@@ -265,7 +282,8 @@ describe("worker functions", () => {
   test("worker_restart() makes the worker reconnect and re-read its settings", async () => {
     const logger = memoryLogger();
     worker = await startWorker(db.url, {}, logger);
-    const pids = async () => (await db.sql`
+    const pids = async () =>
+      (await db.sql`
       select pid from pg_stat_activity where datname = ${db.name} and application_name like 'pgnet % worker'
     `).map((r) => r.pid);
     const [before] = await pids();
@@ -274,11 +292,17 @@ describe("worker functions", () => {
       await db.sql`select net.worker_restart()`;
       await waitFor(() => logger.lines.some((l) => l.includes("worker restarted")), 5000, "the restart");
       let seen: unknown[] = [];
-      const after = await waitFor(async () => {
-        const now = await pids();
-        seen = now;
-        return now.length === 1 && now[0] !== before ? now : null;
-      }, 5000, "a new listener session").catch((e) => { throw new Error(`${e.message}: before=${before} now=${seen}`); });
+      const after = await waitFor(
+        async () => {
+          const now = await pids();
+          seen = now;
+          return now.length === 1 && now[0] !== before ? now : null;
+        },
+        5000,
+        "a new listener session",
+      ).catch((e) => {
+        throw new Error(`${e.message}: before=${before} now=${seen}`);
+      });
       expect(after).toHaveLength(1);
       expect(worker.settings.batchSize).toBe(17);
       const id = await enqueue(db.sql`select net.http_get(${fixture.url("/status/200")}) as id`);
@@ -335,10 +359,15 @@ describe("TTL", () => {
     `;
     await db.sql`insert into net._http_response (id, status_code, created) values (800100, 200, now())`;
     worker = await startWorker(db.url, { ttl: "1 hour", "batch-size": "10", "poll-interval": "100ms" });
-    await waitFor(async () => {
-      const [row] = await db.sql`select count(*)::int as n from net._http_response where id between 800001 and 800025`;
-      return row!.n === 0;
-    }, 10_000, "expired responses to be deleted");
+    await waitFor(
+      async () => {
+        const [row] = await db
+          .sql`select count(*)::int as n from net._http_response where id between 800001 and 800025`;
+        return row!.n === 0;
+      },
+      10_000,
+      "expired responses to be deleted",
+    );
     const [kept] = await db.sql`select count(*)::int as n from net._http_response where id = 800100`;
     expect(kept!.n).toBe(1);
   });
@@ -352,10 +381,14 @@ describe("volume", () => {
         from (select net.http_get(${fixture.url("/status/200")}) as id from generate_series(1, 10000)) q
     `);
     worker = await startWorker(db.url);
-    await waitFor(async () => {
-      const [row] = await db.sql`select count(*)::int as n from net.http_request_queue`;
-      return row!.n === 0;
-    }, 60_000, "the queue to drain");
+    await waitFor(
+      async () => {
+        const [row] = await db.sql`select count(*)::int as n from net.http_request_queue`;
+        return row!.n === 0;
+      },
+      60_000,
+      "the queue to drain",
+    );
     const [stats] = await db.sql`
       select count(*)::int as rows, count(distinct id)::int as ids, count(*) filter (where status_code = 200)::int as ok
         from net._http_response where id between ${ids.first} and ${ids.last}

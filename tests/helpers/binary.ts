@@ -26,7 +26,11 @@ export function removeTemporaryDirs(): void {
 export function binary(): string {
   if (built) return built;
   const out = join(temporaryDir("pgnet-bin-"), "pgnet");
-  const result = spawnSync("bash", ["compile.sh"], { cwd: ROOT, env: { ...process.env, PGNET_OUT: out }, encoding: "utf8" });
+  const result = spawnSync("bash", ["compile.sh"], {
+    cwd: ROOT,
+    env: { ...process.env, PGNET_OUT: out },
+    encoding: "utf8",
+  });
   if (result.status !== 0) throw new Error(`compile.sh failed: ${result.stderr}${result.stdout}`);
   built = out;
   return out;
@@ -56,7 +60,12 @@ export interface Finished {
 
 /** Runs the binary to completion. */
 export function runPgnet(args: string[], options: { env?: Record<string, string>; cwd?: string } = {}): Finished {
-  const result = spawnSync(binary(), args, { cwd: options.cwd ?? emptyDir(), env: options.env ?? cleanEnv(), encoding: "utf8", timeout: 60_000 });
+  const result = spawnSync(binary(), args, {
+    cwd: options.cwd ?? emptyDir(),
+    env: options.env ?? cleanEnv(),
+    encoding: "utf8",
+    timeout: 60_000,
+  });
   return { code: result.status, stdout: result.stdout, stderr: result.stderr };
 }
 
@@ -68,10 +77,17 @@ export class PgnetProcess {
 
   /** `command` defaults to the compiled binary; e.g. [deno, "run", "-A", "main.ts"] runs the source instead */
   /** `detached` puts it in a process group of its own, which a test can signal as a terminal would */
-  constructor(args: string[], options: { env?: Record<string, string>; cwd?: string; command?: string[]; detached?: boolean } = {}) {
+  constructor(
+    args: string[],
+    options: { env?: Record<string, string>; cwd?: string; command?: string[]; detached?: boolean } = {},
+  ) {
     const [program, ...pre] = options.command ?? [binary()];
     this.child = spawn(program!, [...pre, ...args], {
-      detached: options.detached ?? false, cwd: options.cwd ?? emptyDir(), env: options.env ?? cleanEnv(), stdio: ["ignore", "pipe", "pipe"] });
+      detached: options.detached ?? false,
+      cwd: options.cwd ?? emptyDir(),
+      env: options.env ?? cleanEnv(),
+      stdio: ["ignore", "pipe", "pipe"],
+    });
     for (const stream of [this.child.stdout!, this.child.stderr!]) {
       let rest = "";
       stream.on("data", (chunk: Buffer) => {
@@ -85,13 +101,17 @@ export class PgnetProcess {
   }
 
   async waitForLine(pattern: RegExp, timeoutMs = 20_000): Promise<RegExpExecArray> {
-    return await waitFor(() => {
-      for (const line of this.lines) {
-        const m = pattern.exec(line);
-        if (m) return m;
-      }
-      return null;
-    }, timeoutMs, `a log line matching ${pattern}\n${this.lines.join("\n")}`);
+    return await waitFor(
+      () => {
+        for (const line of this.lines) {
+          const m = pattern.exec(line);
+          if (m) return m;
+        }
+        return null;
+      },
+      timeoutMs,
+      `a log line matching ${pattern}\n${this.lines.join("\n")}`,
+    );
   }
 
   /** The status server's base URL, from its start-up line. */

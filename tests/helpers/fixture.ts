@@ -24,7 +24,12 @@ interface Reply {
   body?: string | Buffer;
 }
 
-const REASONS: Record<number, string> = { 200: "OK", 204: "No Content", 404: "Not Found", 500: "Internal Server Error" };
+const REASONS: Record<number, string> = {
+  200: "OK",
+  204: "No Content",
+  404: "Not Found",
+  500: "Internal Server Error",
+};
 
 export class Fixture {
   readonly requests: Received[] = [];
@@ -88,7 +93,9 @@ export class Fixture {
   #respond(socket: Socket, request: Received): void {
     const send = (reply: Reply) => {
       if (socket.destroyed) return;
-      const body = typeof reply.body === "string" || reply.body === undefined ? Buffer.from(reply.body ?? "") : reply.body;
+      const body = typeof reply.body === "string" || reply.body === undefined
+        ? Buffer.from(reply.body ?? "")
+        : reply.body;
       const status = reply.status ?? 200;
       const lines = [`HTTP/1.1 ${status} ${REASONS[status] ?? "Status"}`];
       for (const [name, value] of reply.headers ?? []) lines.push(`${name}: ${value}`);
@@ -183,7 +190,14 @@ function parseRequest(buffer: Buffer): { request: Received; consumed: number } |
   if (buffer.length < start + length) return null;
   const url = new URL(target, "http://fixture");
   return {
-    request: { method, target, path: url.pathname, query: url.searchParams, headers, body: buffer.subarray(start, start + length) },
+    request: {
+      method,
+      target,
+      path: url.pathname,
+      query: url.searchParams,
+      headers,
+      body: buffer.subarray(start, start + length),
+    },
     consumed: start + length,
   };
 }

@@ -19,7 +19,11 @@ export async function startWorker(url: string, flags: SettingValues = {}, logger
 }
 
 /** Polls `check` every 20 ms until it returns something truthy, or fails after `timeoutMs`. */
-export async function waitFor<T>(check: () => Promise<T> | T, timeoutMs = 10_000, what = "condition"): Promise<NonNullable<T>> {
+export async function waitFor<T>(
+  check: () => Promise<T> | T,
+  timeoutMs = 10_000,
+  what = "condition",
+): Promise<NonNullable<T>> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const value = await check();
@@ -36,8 +40,12 @@ export interface StoredResponse extends ResponseRow {
 
 /** Waits until the response row for `id` exists and returns it. */
 export async function responseFor(sql: Sql, id: string | number, timeoutMs = 10_000): Promise<StoredResponse> {
-  return await waitFor(async () => {
-    const [row] = await sql<StoredResponse[]>`select * from net._http_response where id = ${id}`;
-    return row;
-  }, timeoutMs, `the response to request ${id}`);
+  return await waitFor(
+    async () => {
+      const [row] = await sql<StoredResponse[]>`select * from net._http_response where id = ${id}`;
+      return row;
+    },
+    timeoutMs,
+    `the response to request ${id}`,
+  );
 }
