@@ -9,7 +9,7 @@ import { connect, describe, resolveTarget, type Target } from "./src/db.ts";
 import { EmbeddedPostgres } from "./src/embedded.ts";
 import { coerceError, errorCode, PgnetError } from "./src/errors.ts";
 import { createLogger, type Logger } from "./src/log.ts";
-import { dieWithParent, relaunchForFetchLimit, serve } from "./src/runtime.ts";
+import { serve } from "./src/runtime.ts";
 import { createStatusApp } from "./src/status.ts";
 import { PG_NET_API_VERSION, VERSION } from "./src/version.ts";
 import { Worker } from "./src/worker.ts";
@@ -109,12 +109,7 @@ async function main(options: CliOptions, log: Logger): Promise<number> {
     );
   }
   // bad PGNET_* values stop us here, before anything connects
-  const { settings } = resolveSettings({ flags: options.settings, env: process.env });
-  if (options.command === "run") {
-    const relaunched = relaunchForFetchLimit(settings.concurrency);
-    if (relaunched) return await relaunched;
-    dieWithParent();
-  }
+  resolveSettings({ flags: options.settings, env: process.env });
 
   const { target, close } = openTarget(options, log);
   try {

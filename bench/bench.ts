@@ -9,6 +9,7 @@ import { dirname, join, resolve } from "node:path";
 import { parseArgs } from "node:util";
 import { connect, type Sql } from "../src/db.ts";
 import { EmbeddedPostgres, freePort } from "../src/embedded.ts";
+import { performRequest } from "../src/http.ts";
 import { install, setUnlogged } from "../src/installer.ts";
 
 const ROOT = resolve(dirname(new URL(import.meta.url).pathname), "..");
@@ -240,12 +241,17 @@ async function backlog(ctx: Context, n: number): Promise<{ rate: number; rssMb: 
   }
 }
 
-/** The target's own ceiling: plain fetches from this process with the same window as pgnet. */
+/** The ceiling: pgnet's HTTP client alone (no database), from this process, with pgnet's default window. */
 async function ceiling(target: string, n: number, window: number): Promise<number> {
   let next = 0;
   const started = performance.now();
   await Promise.all(Array.from({ length: window }, async () => {
-    while (next++ < n) await (await fetch(`${target}/fast`)).text();
+    while (next < n) {
+      const id = String(++next);
+      await performRequest({ id, method: "GET", url: `${target}/fast`, headers: {}, body: null, timeoutMs: 5000 }, {
+        maxResponseBytes: 1 << 20,
+      });
+    }
   }));
   return n / ((performance.now() - started) / 1000);
 }
@@ -293,8 +299,8 @@ async function main(): Promise<void> {
   const quick = values.quick === true;
   const runs = Number(values.runs ?? (quick ? 1 : 3));
   const only = new Set((values.only ?? "throughput,latency,hol,backlog,ceiling,idle").split(","));
-  const window = 256;
-  const pgnetEnv = { BUN_CONFIG_MAX_HTTP_REQUESTS: "4096" };
+  const window = 2048; // pgnet's default --concurrency
+  const pgnetEnv = {};
 
   const { child: targetProcess, match } = await startProcess(["bench/bench.ts", "target"], /target (\d+)/);
   const target = `http://127.0.0.1:${match[1]}`;
@@ -370,7 +376,7 @@ async function main(): Promise<void> {
     }
     if (only.has("ceiling")) {
       report(
-        `target ceiling, fetch window ${window} (req/s)`,
+        `target ceiling, pgnet's HTTP client, window ${window} (req/s)`,
         await repeat(() => ceiling(target, quick ? 5000 : 100_000, window)),
       );
     }

@@ -1,18 +1,48 @@
-// The HTTP client layer: one queued request in, one pg_net-shaped response row out. Never throws.
+// The HTTP client layer: one queued request (and its redirect hops) in, one pg_net-shaped response row out.
+// Never throws. Built on node:http, which Bun and Deno share: it keeps response header names as the server
+// spelled them (fetch lower-cases them), sends request headers in order and spelling, connects to the addresses
+// it is given (so a name is resolved once, by the caller's resolver), adds no Accept-Encoding and decompresses
+// nothing, exactly like pg_net's libcurl. Measured on Bun 1.4, 30,000 GETs, 256 at once, to a local target:
+// node:http 28,500–31,000 req/s, fetch 17,900–18,700 req/s.
 
 import { Buffer } from "node:buffer";
 import { lookup } from "node:dns/promises";
-import { isIP } from "node:net";
-import { errorCode } from "./errors.ts";
-import { fetchExtras } from "./runtime.ts";
+import http, { type IncomingMessage } from "node:http";
+import https from "node:https";
+import { isIP, type LookupFunction } from "node:net";
+import { describeError, ERRORS, RequestError, type Stage, timeoutMessage, type Timings } from "./libcurl.ts";
 import type { QueuedRequest, ResponseRow } from "./queue.ts";
 import { USER_AGENT } from "./version.ts";
+
+export interface Address {
+  address: string;
+  family: 4 | 6;
+}
+
+/** Turns a host name (or an IP literal, unbracketed) into the addresses to connect to; throws RequestError to refuse. */
+export type Resolve = (hostname: string, port: number) => Promise<Address[]>;
+
+/** Memory for a response body: resolves once `total` bytes of body may be held (the memory budget). */
+export interface BodyRoom {
+  reserve(total: number, expected: number | null): Promise<void> | void;
+}
 
 export interface HttpOptions {
   /** bodies over this many bytes become an error row */
   maxResponseBytes: number;
   /** libcurl ≥ 8.3's default: 30 */
   maxRedirects?: number;
+  /** how names become addresses; the system resolver by default */
+  resolve?: Resolve;
+  /** asked before a response body grows */
+  room?: BodyRoom;
+  /** keep-alive connection pools; shared ones by default */
+  agents?: Agents;
+}
+
+export interface Agents {
+  http: http.Agent;
+  https: https.Agent;
 }
 
 /** The request id travels with every attempt, so receivers can drop a duplicate delivery after a crash. */
@@ -23,107 +53,231 @@ const TOKEN = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
 // header values may hold any byte but CR, LF and NUL (RFC 9110 §5.5)
 const BAD_VALUE = /[\r\n\0]/;
 const MAX_TIMEOUT_MS = 2_147_483_647; // setTimeout's ceiling; timeout_milliseconds is an int4 anyway
+// methods that announce an empty body with Content-Length: 0, as libcurl does for POST
+const BODY_METHODS = new Set(["POST", "PUT", "PATCH"]);
 
-/** libcurl's texts (pg_net's error_msg values) for the failures fetch reports. */
-export const ERRORS = {
-  protocol: "Unsupported protocol",
-  badUrl: "URL using bad/illegal format or missing URL",
-  resolve: "Couldn't resolve host name",
-  connect: "Couldn't connect to server",
-  nothing: "Server returned nothing (no headers, no data)",
-  weird: "Weird server reply",
-  recv: "Failure when receiving data from the peer",
-  partial: "Transferred a partial file",
-  peerCert: "SSL peer certificate or SSH remote key was not OK",
-  sslConnect: "SSL connect error",
-  redirects: "Number of redirects hit maximum amount",
-  send: "Failed sending data to the peer",
-} as const;
+let sharedAgents: Agents | undefined;
 
-// Bun/Node codes for a certificate that fails verification
-const CERT_CODES = new Set([
-  "DEPTH_ZERO_SELF_SIGNED_CERT",
-  "SELF_SIGNED_CERT_IN_CHAIN",
-  "UNABLE_TO_VERIFY_LEAF_SIGNATURE",
-  "UNABLE_TO_GET_ISSUER_CERT",
-  "UNABLE_TO_GET_ISSUER_CERT_LOCALLY",
-  "CERT_HAS_EXPIRED",
-  "CERT_NOT_YET_VALID",
-  "ERR_TLS_CERT_ALTNAME_INVALID",
-  "CERT_UNTRUSTED",
-  "CERT_REJECTED",
-  "CERT_SIGNATURE_FAILURE",
-  "HOSTNAME_MISMATCH",
-  "ERR_TLS_CERT_ALTNAME_FORMAT",
-]);
+/** Keep-alive pools with no per-host cap of their own: the worker's window is the limit. */
+export function createAgents(options: { ca?: string | Buffer } = {}): Agents {
+  const common = { keepAlive: true, maxSockets: Infinity, maxFreeSockets: 1024 };
+  return {
+    http: new http.Agent(common),
+    https: new https.Agent({ ...common, ...(options.ca ? { ca: options.ca } : {}) }),
+  };
+}
 
-class RequestError extends Error {}
+const LOOPBACK: Address[] = [{ address: "127.0.0.1", family: 4 }, { address: "::1", family: 6 }];
 
-type Stage = "dns" | "http" | "body";
+/**
+ * The system resolver: every address of a name; an IP literal is its own address. `localhost` and names under it
+ * are 127.0.0.1 and ::1 without asking DNS, as libcurl ≥ 7.78 does (RFC 6761), whatever /etc/hosts says.
+ */
+export const systemResolve: Resolve = async (hostname) => {
+  const family = isIP(hostname);
+  if (family !== 0) return [{ address: hostname, family: family as 4 | 6 }];
+  const lower = hostname.toLowerCase().replace(/\.$/, "");
+  if (lower === "localhost" || lower.endsWith(".localhost")) return LOOPBACK;
+  try {
+    return (await lookup(hostname, { all: true })).map((a) => ({ address: a.address, family: a.family as 4 | 6 }));
+  } catch {
+    throw new RequestError(ERRORS.resolve);
+  }
+};
+
+class TimeoutError extends Error {}
+
+/**
+ * One request's state across its redirect hops: the timeout, the timings, and what to destroy when the timeout
+ * fires. The timer destroys the exchange in progress, whose pending promise then rejects: no promise per step.
+ */
+class Attempt {
+  readonly started = performance.now();
+  readonly timings: Timings = { dns: 0, handshake: 0, sent: 0 };
+  stage: Stage = "dns";
+  expectedLength: number | null = null;
+  timedOut = false;
+  /** destroys the exchange in progress; a DNS lookup, which cannot be cancelled, is raced instead */
+  cancel: ((error: Error) => void) | null = null;
+  #timer: ReturnType<typeof setTimeout> | undefined;
+
+  constructor(readonly timeoutMs: number) {
+    if (timeoutMs > 0) {
+      this.#timer = setTimeout(() => {
+        this.timedOut = true;
+        this.cancel?.(new TimeoutError("timeout"));
+      }, timeoutMs);
+    }
+  }
+
+  elapsed(): number {
+    return performance.now() - this.started;
+  }
+
+  done(): void {
+    clearTimeout(this.#timer);
+    this.cancel = null;
+  }
+}
 
 /** Runs one request and describes the outcome as a response row. Every failure becomes error_msg. */
 export async function performRequest(request: QueuedRequest, options: HttpOptions): Promise<ResponseRow> {
-  const started = performance.now();
-  const timeoutMs = request.timeoutMs > 0 ? Math.min(request.timeoutMs, MAX_TIMEOUT_MS) : 0;
-  const signal = timeoutMs > 0 ? AbortSignal.timeout(timeoutMs) : undefined;
-  let stage: Stage = "dns";
-  let dnsMs = 0;
-  let expectedLength: number | null = null;
+  const attempt = new Attempt(request.timeoutMs > 0 ? Math.min(request.timeoutMs, MAX_TIMEOUT_MS) : 0);
   try {
-    const method = request.method.toUpperCase();
-    let url = parseTarget(request.url);
-    const headers = buildHeaders(request);
-    let body = request.body;
-    if (body && method === "GET") {
-      throw new RequestError("GET requests with a body are not supported (fetch refuses them); use POST");
-    }
-    if (body && !headers.has("content-type")) headers.set("Content-Type", "application/x-www-form-urlencoded");
-
-    const dnsStart = performance.now();
-    await resolve(url.hostname, signal);
-    dnsMs = performance.now() - dnsStart;
-    stage = "http";
-
-    let current = method;
-    for (let redirects = 0;; redirects++) {
-      const response = await fetch(url, {
-        method: current,
-        headers,
-        body,
-        redirect: "manual",
-        signal,
-        ...fetchExtras,
-      } as RequestInit);
-      const location = response.headers.get("location");
-      if (!REDIRECT_STATUSES.has(response.status) || location === null) {
-        stage = "body";
-        expectedLength = contentLength(response.headers);
-        const bytes = await readBody(response, options.maxResponseBytes);
-        return success(request.id, response, bytes);
-      }
-      await response.body?.cancel().catch(() => {});
-      if (redirects >= (options.maxRedirects ?? 30)) throw new RequestError(ERRORS.redirects);
-      const next = new URL(location, url);
-      if (next.protocol !== "http:" && next.protocol !== "https:") throw new RequestError(ERRORS.protocol);
-      // libcurl's rules: POST becomes GET on 301/302/303; a custom method (DELETE) is kept; 307/308 keep the body
-      if (response.status !== 307 && response.status !== 308) {
-        if (current === "POST") current = "GET";
-        body = null;
-        headers.delete("content-type");
-      }
-      // credentials are not forwarded to another host, port or scheme (curl ≥ 7.83)
-      if (next.origin !== url.origin) {
-        headers.delete("authorization");
-        headers.delete("cookie");
-      }
-      if (next.hostname !== url.hostname) await resolve(next.hostname, signal);
-      url = next;
-    }
+    return await exchange(request, options, attempt);
   } catch (error) {
-    const elapsed = performance.now() - started;
-    if (isTimeout(error, signal)) return failure(request.id, timeoutMessage(timeoutMs, elapsed, stage, dnsMs), true);
-    return failure(request.id, describeError(error, stage, expectedLength), false);
+    if (attempt.timedOut) {
+      return failure(request.id, timeoutMessage(attempt.timeoutMs, attempt.elapsed(), attempt.timings), true);
+    }
+    return failure(request.id, describeError(error, attempt.stage, attempt.expectedLength), false);
+  } finally {
+    attempt.done();
   }
+}
+
+async function exchange(request: QueuedRequest, options: HttpOptions, attempt: Attempt): Promise<ResponseRow> {
+  const resolve = options.resolve ?? systemResolve;
+  const agents = options.agents ?? (sharedAgents ??= createAgents());
+  let method = request.method.toUpperCase();
+  if (!TOKEN.test(method)) throw new RequestError(`Invalid method ${JSON.stringify(request.method)}`);
+  let url = parseTarget(request.url);
+  const headers = buildHeaders(request);
+  let body = request.body;
+  if (body && !hasHeader(headers, "content-type")) headers.push(["Content-Type", "application/x-www-form-urlencoded"]);
+
+  for (let redirects = 0;; redirects++) {
+    const port = Number(url.port) || (url.protocol === "https:" ? 443 : 80);
+    attempt.stage = "dns";
+    const addresses = await lookUp(resolve, bare(url.hostname), port, attempt);
+    if (attempt.timings.dns === 0) attempt.timings.dns = attempt.elapsed();
+    attempt.stage = "connect";
+    const response = await send(url, method, credentials(url, headers), body, addresses, agents, attempt);
+    const location = response.headers.location;
+    if (!REDIRECT_STATUSES.has(response.statusCode ?? 0) || location === undefined) {
+      attempt.stage = "body";
+      return success(request.id, response, await readBody(response, options, attempt));
+    }
+    response.destroy();
+    if (redirects >= (options.maxRedirects ?? 30)) throw new RequestError(ERRORS.redirects);
+    let next: URL;
+    try {
+      next = new URL(location, url);
+    } catch {
+      throw new RequestError(ERRORS.badUrl);
+    }
+    if (next.protocol !== "http:" && next.protocol !== "https:") throw new RequestError(ERRORS.protocol);
+    // libcurl's rules: POST becomes GET on 301/302/303; a custom method (DELETE) is kept; 307/308 keep the body
+    const status = response.statusCode!;
+    if (status !== 307 && status !== 308) {
+      if (method === "POST") method = "GET";
+      body = null;
+      removeHeader(headers, "content-type");
+    }
+    // credentials are not forwarded to another host, port or scheme (curl ≥ 7.83)
+    if (next.origin !== url.origin) {
+      removeHeader(headers, "authorization");
+      removeHeader(headers, "cookie");
+    }
+    url = next;
+  }
+}
+
+/** Resolves a name under the request's timeout (a lookup cannot be cancelled: it is raced). */
+function lookUp(resolve: Resolve, hostname: string, port: number, attempt: Attempt): Promise<Address[]> {
+  return new Promise((ok, fail) => {
+    attempt.cancel = fail;
+    resolve(hostname, port).then(ok, fail);
+  });
+}
+
+/** Sends one hop and resolves with the response once its status line and headers have arrived. */
+function send(
+  url: URL,
+  method: string,
+  headers: [string, string][],
+  body: Uint8Array | null,
+  addresses: Address[],
+  agents: Agents,
+  attempt: Attempt,
+): Promise<IncomingMessage> {
+  const secure = url.protocol === "https:";
+  // Host first, as libcurl sends it; node:http on Bun adds none when headers come as a list
+  const lines = ["Host", url.host, ...headers.flat()];
+  if (body) lines.push("Content-Length", String(body.byteLength));
+  else if (BODY_METHODS.has(method)) lines.push("Content-Length", "0");
+  // the addresses were resolved and checked once; the connection goes to one of them
+  const fixed: LookupFunction = (_name, opts, callback) => {
+    const cb = callback as (...args: unknown[]) => void;
+    if ((opts as { all?: boolean }).all) cb(null, addresses);
+    else cb(null, addresses[0]!.address, addresses[0]!.family);
+  };
+  return new Promise<IncomingMessage>((resolve, reject) => {
+    const request = (secure ? https : http).request({
+      protocol: url.protocol,
+      host: bare(url.hostname),
+      port: url.port || (secure ? 443 : 80),
+      path: url.pathname + url.search,
+      method,
+      headers: lines as unknown as http.OutgoingHttpHeaders,
+      agent: secure ? agents.https : agents.http,
+      lookup: fixed,
+    }, resolve);
+    attempt.cancel = (error) => request.destroy(error);
+    request.on("error", reject);
+    request.on("socket", (socket) => {
+      const ready = () => {
+        attempt.timings.handshake = attempt.elapsed();
+        attempt.timings.sent = attempt.timings.handshake;
+        attempt.stage = "http";
+      };
+      // a socket from the keep-alive pool is connected already
+      if ((socket as { connecting?: boolean }).connecting === false && !socket.destroyed) ready();
+      else socket.once(secure ? "secureConnect" : "connect", ready);
+    });
+    if (body) request.end(body);
+    else request.end();
+  });
+}
+
+/** Reads the body, pausing while the memory budget has no room for it; bodies over the limit are an error. */
+function readBody(response: IncomingMessage, options: HttpOptions, attempt: Attempt): Promise<Uint8Array> {
+  const limit = options.maxResponseBytes;
+  const expected = contentLength(response);
+  attempt.expectedLength = expected;
+  const room = options.room;
+  return new Promise((resolve, reject) => {
+    const fail = (error: Error) => {
+      response.destroy();
+      reject(error);
+    };
+    attempt.cancel = fail;
+    const tooLarge = () => new RequestError(`Maximum file size exceeded: the response body is over ${limit} bytes`);
+    if (expected !== null && expected > limit) return fail(tooLarge());
+    // the whole body at once when its length is known: one reservation, one buffer, no concatenation
+    const whole = expected !== null ? Buffer.allocUnsafe(expected) : null;
+    const chunks: Buffer[] = [];
+    let size = 0;
+    const wait = (pending: Promise<void> | void) => {
+      if (!pending) return;
+      response.pause();
+      pending.then(() => response.resume(), fail);
+    };
+    if (expected !== null) wait(room?.reserve(expected, expected));
+    response.on("data", (chunk: Buffer) => {
+      if (size + chunk.byteLength > limit) return fail(tooLarge());
+      if (whole && size + chunk.byteLength <= expected!) chunk.copy(whole, size);
+      else chunks.push(chunk);
+      size += chunk.byteLength;
+      if (!whole) wait(room?.reserve(size, null));
+    });
+    response.on("error", fail);
+    response.on("aborted", () => fail(Object.assign(new Error("aborted"), { code: "ECONNRESET" })));
+    response.on("end", () => {
+      if (!response.complete) return fail(Object.assign(new Error("incomplete response"), { code: "ECONNRESET" }));
+      if (whole) resolve(size === expected ? whole : whole.subarray(0, size));
+      else resolve(chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, size));
+    });
+  });
 }
 
 function parseTarget(text: string): URL {
@@ -138,13 +292,28 @@ function parseTarget(text: string): URL {
   return url;
 }
 
-/** The caller's headers in jsonb order, then pg_net's User-Agent unless the caller set one. */
-function buildHeaders(request: QueuedRequest): Headers {
+/** URL credentials (http://user:pass@host/) become Basic auth, as libcurl sends them, unless the caller set one. */
+function credentials(url: URL, headers: [string, string][]): [string, string][] {
+  if ((url.username === "" && url.password === "") || hasHeader(headers, "authorization")) return headers;
+  const pair = `${decodeURIComponent(url.username)}:${decodeURIComponent(url.password)}`;
+  return [...headers, ["Authorization", `Basic ${Buffer.from(pair, "utf8").toString("base64")}`]];
+}
+
+/** [::1] → ::1: node:http and resolvers take IPv6 literals without brackets. */
+function bare(hostname: string): string {
+  return hostname.startsWith("[") ? hostname.slice(1, -1) : hostname;
+}
+
+/**
+ * Host and Accept: *\/* (unless the caller set it), the caller's headers in jsonb order with their spelling,
+ * then pg_net's User-Agent unless the caller set one, and the request id.
+ */
+function buildHeaders(request: QueuedRequest): [string, string][] {
   const given = request.headers ?? {};
   if (typeof given !== "object" || Array.isArray(given)) {
     throw new RequestError(`headers must be a JSON object, got ${JSON.stringify(given)}`);
   }
-  const headers = new Headers();
+  const headers: [string, string][] = [];
   for (const [name, raw] of Object.entries(given as Record<string, unknown>)) {
     // pg_net: JSON null is skipped, "" removes the header, numbers and booleans are sent as their JSON text;
     // an object or array is no header value (pg_net sends its JSON text): an error on this request
@@ -161,78 +330,45 @@ function buildHeaders(request: QueuedRequest): Headers {
     if (BAD_VALUE.test(value)) {
       throw new RequestError(`Invalid value for header ${JSON.stringify(name)}: CR, LF and NUL are not allowed`);
     }
-    headers.append(name, byteString(value));
+    headers.push([name, byteString(value)]);
   }
-  if (!headers.has("user-agent")) headers.set("User-Agent", USER_AGENT);
-  headers.set(REQUEST_ID_HEADER, request.id);
+  if (!hasHeader(headers, "accept")) headers.unshift(["Accept", "*/*"]);
+  if (!hasHeader(headers, "user-agent")) headers.push(["User-Agent", USER_AGENT]);
+  headers.push([REQUEST_ID_HEADER, request.id]);
   return headers;
 }
 
-/** fetch sends one byte per character of a header value: pass UTF-8 bytes, as pg_net's libcurl sends them. */
+function hasHeader(headers: [string, string][], lower: string): boolean {
+  return headers.some(([name]) => name.toLowerCase() === lower);
+}
+
+function removeHeader(headers: [string, string][], lower: string): void {
+  for (let i = headers.length - 1; i >= 0; i--) if (headers[i]![0].toLowerCase() === lower) headers.splice(i, 1);
+}
+
+/** node:http sends one byte per character of a header value: pass UTF-8 bytes, as pg_net's libcurl sends them. */
 function byteString(value: string): string {
   return Buffer.byteLength(value) === value.length ? value : Buffer.from(value, "utf8").toString("latin1");
 }
 
-/** Resolves a host name before fetch so DNS failures and DNS time are known (fetch hides both). */
-async function resolve(hostname: string, signal: AbortSignal | undefined): Promise<void> {
-  const bare = hostname.startsWith("[") ? hostname.slice(1, -1) : hostname;
-  if (isIP(bare) !== 0) return;
-  const lookedUp = lookup(bare, { all: true }).catch(() => {
-    throw new RequestError(ERRORS.resolve);
-  });
-  if (!signal) return void await lookedUp;
-  signal.throwIfAborted();
-  let onAbort = () => {};
-  const aborted = new Promise<never>((_, reject) => {
-    onAbort = () => reject(signal.reason);
-    signal.addEventListener("abort", onAbort, { once: true });
-  });
-  try {
-    await Promise.race([lookedUp, aborted]);
-  } finally {
-    signal.removeEventListener("abort", onAbort);
-  }
-}
-
-async function readBody(response: Response, limit: number): Promise<Uint8Array> {
-  if (!response.body) return new Uint8Array(0);
-  const chunks: Uint8Array[] = [];
-  let size = 0;
-  for await (const chunk of response.body as unknown as AsyncIterable<Uint8Array>) {
-    size += chunk.byteLength;
-    if (size > limit) {
-      await response.body.cancel().catch(() => {});
-      throw new RequestError(`Maximum file size exceeded: the response body is over ${limit} bytes`);
-    }
-    chunks.push(chunk);
-  }
-  if (chunks.length === 1) return chunks[0]!;
-  const bytes = new Uint8Array(size);
-  let offset = 0;
-  for (const chunk of chunks) {
-    bytes.set(chunk, offset);
-    offset += chunk.byteLength;
-  }
-  return bytes;
-}
-
-function contentLength(headers: Headers): number | null {
-  const value = headers.get("content-length");
-  return value !== null && /^\d+$/.test(value) ? Number(value) : null;
+function contentLength(response: IncomingMessage): number | null {
+  const value = response.headers["content-length"];
+  return value !== undefined && /^\d+$/.test(value) ? Number(value) : null;
 }
 
 // keeps a UTF-8 BOM, as pg_net does; invalid sequences become U+FFFD (PostgreSQL text must be valid UTF-8)
 const decoder = new TextDecoder("utf-8", { ignoreBOM: true });
 
-function success(id: string, response: Response, bytes: Uint8Array): ResponseRow {
+function success(id: string, response: IncomingMessage, bytes: Uint8Array): ResponseRow {
   // PostgreSQL text cannot hold NUL: like pg_net, keep what comes before the first one
   const nul = bytes.indexOf(0);
   const text = decoder.decode(nul === -1 ? bytes : bytes.subarray(0, nul));
+  const { headers, contentType } = headerObject(response.rawHeaders);
   return {
     id,
-    status_code: response.status,
-    content_type: response.headers.get("content-type"),
-    headers: headerObject(response.headers),
+    status_code: response.statusCode ?? null,
+    content_type: contentType,
+    headers,
     content: text === "" ? null : text,
     timed_out: false,
     error_msg: null,
@@ -251,74 +387,21 @@ function failure(id: string, message: string, timedOut: boolean): ResponseRow {
   };
 }
 
-// names whose usual spelling is not plain Title-Case
-const SPELLINGS: Record<string, string> = {
-  etag: "ETag",
-  te: "TE",
-  dnt: "DNT",
-  "www-authenticate": "WWW-Authenticate",
-  "content-md5": "Content-MD5",
-  "x-xss-protection": "X-XSS-Protection",
-  "content-security-policy": "Content-Security-Policy",
-};
-
-/** fetch lower-cases header names; give them their usual capitalisation, e.g. Content-Type. */
-export function headerName(lower: string): string {
-  return SPELLINGS[lower] ?? lower.replace(/(^|-)([a-z])/g, (_, dash: string, c: string) => dash + c.toUpperCase());
-}
-
-/** Response headers as a jsonb-ready object; repeated headers (Set-Cookie too) are joined with ", ". */
-function headerObject(headers: Headers): Record<string, string> {
-  const object: Record<string, string> = {};
-  headers.forEach((value, name) => {
-    const key = headerName(name);
-    // jsonb cannot store \u0000
-    const clean = value.includes("\0") ? value.replaceAll("\0", "") : value;
-    object[key] = key in object ? `${object[key]}, ${clean}` : clean;
-  });
-  return object;
-}
-
-function isTimeout(error: unknown, signal: AbortSignal | undefined): boolean {
-  return signal?.aborted === true && (error === signal.reason || (error as Error)?.name === "TimeoutError" ||
-    (error as Error)?.name === "AbortError");
-}
-
 /**
- * pg_net's timeout text. fetch exposes no connection timings: DNS time is measured (pgnet resolves first),
- * connect and TLS time cannot be separated from the request, so the handshake figure is the 0.001 ms floor
- * that keeps every figure positive, as pg_net's parsers expect; the rest is the HTTP figure.
+ * Response headers as a jsonb-ready object, names spelled as the server sent them (so `headers->>'ETag'` and
+ * `headers->>'x-amz-request-id'` find what the server wrote, as in pg_net). A name repeated with the same
+ * spelling (Set-Cookie too) is joined with ", "; spellings that differ are separate keys, as in pg_net.
+ * Content-Type is the first one, matched in any case (pg_net's content_type).
  */
-export function timeoutMessage(timeoutMs: number, totalMs: number, stage: Stage, dnsMs: number): string {
-  const floor = (ms: number) => Math.max(ms, 0.001).toFixed(6);
-  const dns = stage === "dns" ? totalMs : dnsMs;
-  const handshake = 0.001;
-  const http = stage === "dns" ? 0 : totalMs - dnsMs - handshake;
-  return `Timeout of ${timeoutMs} ms reached. Total time: ${floor(totalMs)} ms (DNS time: ${floor(dns)} ms, ` +
-    `TCP/SSL handshake time: ${floor(handshake)} ms, HTTP Request/Response time: ${floor(http)} ms)`;
-}
-
-/** Maps what fetch threw onto libcurl's wording (pg_net-behavior.md ERR-03, IMPL-02). */
-function describeError(error: unknown, stage: Stage, expectedLength: number | null): string {
-  if (error instanceof RequestError) return error.message;
-  const code = errorCode(error) ?? "";
-  const message = (error as Error)?.message ?? String(error);
-  if (
-    code === "ECONNREFUSED" || code === "ConnectionRefused" || code === "EHOSTUNREACH" ||
-    code === "ENETUNREACH" || code === "FailedToOpenSocket"
-  ) return ERRORS.connect;
-  if (code === "ENOTFOUND" || code === "EAI_AGAIN" || code === "DNSException") return ERRORS.resolve;
-  if (CERT_CODES.has(code)) return ERRORS.peerCert;
-  if (code === "EPROTO" || code.startsWith("ERR_SSL") || code.startsWith("ERR_TLS") || /TLS|SSL/.test(code)) {
-    return ERRORS.sslConnect;
+function headerObject(raw: string[]): { headers: Record<string, string>; contentType: string | null } {
+  const headers: Record<string, string> = {};
+  let contentType: string | null = null;
+  for (let i = 0; i + 1 < raw.length; i += 2) {
+    const name = raw[i]!;
+    // jsonb cannot store \u0000
+    const value = raw[i + 1]!.includes("\0") ? raw[i + 1]!.replaceAll("\0", "") : raw[i + 1]!;
+    if (contentType === null && name.toLowerCase() === "content-type") contentType = value;
+    headers[name] = Object.hasOwn(headers, name) ? `${headers[name]}, ${value}` : value;
   }
-  if (code === "Malformed_HTTP_Response" || code === "HPE_INVALID_HEADER_TOKEN" || code.startsWith("HPE_")) {
-    return ERRORS.weird;
-  }
-  if (code === "ECONNRESET" || code === "ConnectionClosed" || code === "EPIPE") {
-    if (stage === "http") return ERRORS.nothing;
-    return expectedLength !== null ? ERRORS.partial : ERRORS.recv;
-  }
-  if (code === "ERR_INVALID_URL") return ERRORS.badUrl;
-  return message;
+  return { headers, contentType };
 }

@@ -9,7 +9,6 @@ import { performRequest } from "./http.ts";
 import { CONTROL_CHANNEL, Listener, WAKE_CHANNEL } from "./listener.ts";
 import type { Logger } from "./log.ts";
 import { Queue, type QueuedRequest, type ResponseRow } from "./queue.ts";
-import { FETCH_LIMIT } from "./runtime.ts";
 import { backoffMs, Timers } from "./timers.ts";
 import { SCHEMA_MISSING, Writer } from "./writer.ts";
 
@@ -81,9 +80,9 @@ export class Worker {
     return this.#resolved.settings;
   }
 
-  /** requests in flight at most: --concurrency, unless the runtime runs fewer fetches at once */
+  /** requests in flight at most */
   get #window(): number {
-    return Math.min(this.settings.concurrency, FETCH_LIMIT);
+    return this.settings.concurrency;
   }
 
   /** Connects, reads settings, starts listening and polling. Rejects if the first connection fails. */
@@ -168,13 +167,6 @@ export class Worker {
         onInvalidDatabaseValue: (name, value, reason, fallback) =>
           this.#log.warn(`invalid ${name}, using the default`, { value, reason, default: fallback }),
       });
-      const { concurrency } = this.settings;
-      if (this.#window < concurrency) {
-        this.#log.warn(
-          `concurrency ${concurrency} is above the ${this.#window} fetches the runtime runs at once: using ` +
-            `${this.#window}; start pgnet with BUN_CONFIG_MAX_HTTP_REQUESTS=${concurrency} to allow more`,
-        );
-      }
     } finally {
       await probe.end({ timeout: 1 }).catch(() => {});
     }
