@@ -10,6 +10,7 @@ import { EmbeddedPostgres } from "./src/embedded.ts";
 import { coerceError, errorCode, PgnetError } from "./src/errors.ts";
 import { createLogger, type Logger } from "./src/log.ts";
 import { serve } from "./src/runtime.ts";
+import { readQueueDepth } from "./src/queue.ts";
 import { createStatusApp } from "./src/status.ts";
 import { PG_NET_API_VERSION, VERSION } from "./src/version.ts";
 import { Worker } from "./src/worker.ts";
@@ -56,10 +57,7 @@ async function runCommand(target: Target, options: CliOptions, log: Logger, onFo
       worker,
       database: describe(monitor),
       ...(options.statusToken ? { token: options.statusToken } : {}),
-      async queueDepth() {
-        const [row] = await monitor`select count(*)::int as n from net.http_request_queue`;
-        return row!.n as number;
-      },
+      queueDepth: () => readQueueDepth(monitor),
     });
     server = await serve(app.fetch, { hostname: options.statusHost, port: options.statusPort });
     const host = options.statusHost.includes(":") ? `[${options.statusHost}]` : options.statusHost;

@@ -30,6 +30,14 @@ function percentile(sorted: number[], p: number): number {
   return sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)]!;
 }
 
+const bodies = new Map<number, Uint8Array<ArrayBuffer>>();
+/** A body of `n` bytes of text, made once per size. */
+function large(n: number): Uint8Array<ArrayBuffer> {
+  let body = bodies.get(n);
+  if (!body) bodies.set(n, body = new TextEncoder().encode("0123456789abcdef".repeat(Math.ceil(n / 16)).slice(0, n)));
+  return body;
+}
+
 /** The HTTP target: GET/POST /fast answers at once, /slow/<ms> after a delay. Runs in its own process. */
 function runTarget(): void {
   const server = Bun.serve({
@@ -39,6 +47,7 @@ function runTarget(): void {
       const path = new URL(request.url).pathname;
       if (request.body) await request.arrayBuffer();
       if (path.startsWith("/slow/")) await Bun.sleep(Number(path.slice(6)));
+      if (path.startsWith("/bytes/")) return new Response(large(Number(path.slice(7))));
       return new Response("ok");
     },
   });
@@ -84,8 +93,8 @@ interface Context {
   serverLog?: string;
 }
 
-function startPgnet(ctx: Context, url: string): ChildProcess {
-  const args = ["main.ts", "run", "--database", url, "--status-port", "off", "--log-level", "warn"];
+function startPgnet(ctx: Context, url: string, extra: string[] = []): ChildProcess {
+  const args = ["main.ts", "run", "--database", url, "--status-port", "off", "--log-level", "warn", ...extra];
   return spawn(BUN, args, { cwd: ROOT, env: { ...process.env, ...ctx.pgnetEnv }, stdio: "inherit" });
 }
 
@@ -108,7 +117,7 @@ async function benchDatabase(ctx: Context) {
 }
 
 /** A fresh database with schema net, a statement trigger that reports stored ids, and a pgnet process. */
-async function setup(ctx: Context, unlogged = false) {
+async function setup(ctx: Context, unlogged = false, prepare?: (sql: Sql) => Promise<unknown>) {
   const db = await benchDatabase(ctx);
   const { sql, url } = db;
   if (unlogged) await setUnlogged(sql);
@@ -130,6 +139,7 @@ async function setup(ctx: Context, unlogged = false) {
     } as Parameters<typeof connect>[1],
   );
   await listener`listen bench_done`;
+  await prepare?.(sql);
   const pgnet = startPgnet(ctx, url);
   for (;;) {
     const [up] = await sql`select net._worker_is_up() as up`;
@@ -213,6 +223,53 @@ async function headOfLine(ctx: Context, n: number): Promise<number> {
   }
 }
 
+/** 1,000 responses of 1 MB committed together: requests/s until the last is stored, and pgnet's peak RSS. */
+async function largeResponses(ctx: Context, n: number): Promise<{ rate: number; rssMb: number }> {
+  const run = await setup(ctx);
+  try {
+    await run.sql`select net.http_get(${`${ctx.target}/bytes/1000000`}, timeout_milliseconds => 60000)
+                    from generate_series(1, ${n})`;
+    const committed = performance.now();
+    let rss = 0;
+    while (run.stored.size < n) {
+      rss = Math.max(rss, peakRssMb(run.pgnet.pid!));
+      await Bun.sleep(50);
+    }
+    const elapsed = Math.max(...run.stored.values()) - committed;
+    return { rate: n / (elapsed / 1000), rssMb: Math.max(rss, peakRssMb(run.pgnet.pid!)) };
+  } finally {
+    await run.teardown();
+  }
+}
+
+/**
+ * One request at a time, commit → stored, with `n` requests already queued for a year from now: the claim walks
+ * only the rows that are due, so the figure should match the plain latency scenario.
+ */
+async function futureQueue(ctx: Context, n: number, samples: number): Promise<{ p50: number; p99: number }> {
+  const run = await setup(ctx, false, async (sql) => {
+    await sql`
+      insert into net.http_request_queue (method, url, headers, timeout_milliseconds, not_before)
+      select 'GET', ${`${ctx.target}/fast`}, '{}', 5000, now() + interval '1 year' from generate_series(1, ${n})
+    `;
+    await sql`vacuum analyze net.http_request_queue`;
+  });
+  try {
+    const times: number[] = [];
+    for (let i = 0; i < samples; i++) {
+      const [row] = await run.sql`select net.http_get(${`${ctx.target}/fast`}) as id`;
+      const committed = performance.now();
+      const id = String(row!.id);
+      while (!run.stored.has(id)) await Bun.sleep(0);
+      times.push(run.stored.get(id)! - committed);
+    }
+    times.sort((a, b) => a - b);
+    return { p50: percentile(times, 50), p99: percentile(times, 99) };
+  } finally {
+    await run.teardown();
+  }
+}
+
 /** A backlog queued before pgnet starts, drained: requests/s and pgnet's peak RSS. */
 async function backlog(ctx: Context, n: number): Promise<{ rate: number; rssMb: number }> {
   const db = await benchDatabase(ctx);
@@ -290,7 +347,7 @@ async function main(): Promise<void> {
   });
   if (values.help) {
     console.log(
-      `Usage: npm run bench -- [--quick] [--runs N] [--only throughput,latency,hol,backlog,ceiling,idle] [--json] [--database URL]
+      `Usage: npm run bench -- [--quick] [--runs N] [--only throughput,latency,hol,large,future,backlog,ceiling,idle] [--json] [--database URL]
   --quick   small sizes, one run (a smoke test)
   --runs    repetitions of each scenario (default 3; medians with min and max)`,
     );
@@ -298,7 +355,7 @@ async function main(): Promise<void> {
   }
   const quick = values.quick === true;
   const runs = Number(values.runs ?? (quick ? 1 : 3));
-  const only = new Set((values.only ?? "throughput,latency,hol,backlog,ceiling,idle").split(","));
+  const only = new Set((values.only ?? "throughput,latency,hol,large,future,backlog,ceiling,idle").split(","));
   const window = 2048; // pgnet's default --concurrency
   const pgnetEnv = {};
 
@@ -373,6 +430,21 @@ async function main(): Promise<void> {
       for (let i = 0; i < runs; i++) drains.push(await backlog(ctx, n));
       report(`backlog ${n} drain (req/s)`, stat(drains.map((b) => Math.round(b.rate))));
       report(`backlog ${n} pgnet peak RSS (MB)`, stat(drains.map((b) => Math.round(b.rssMb))));
+    }
+    if (only.has("large")) {
+      const runsOf = [];
+      for (let i = 0; i < runs; i++) runsOf.push(await largeResponses(ctx, quick ? 100 : 1000));
+      report(`large: ${quick ? 100 : 1000} × 1 MB responses (req/s)`, stat(runsOf.map((r) => Math.round(r.rate))));
+      report("large: pgnet peak RSS (MB)", stat(runsOf.map((r) => Math.round(r.rssMb))));
+    }
+    if (only.has("future")) {
+      const n = quick ? 10_000 : 1_000_000;
+      const samples: Record<string, number[]> = { p50: [], p99: [] };
+      for (let i = 0; i < runs; i++) {
+        const l = await futureQueue(ctx, n, quick ? 50 : 300);
+        for (const k of ["p50", "p99"] as const) samples[k]!.push(Math.round(l[k] * 100) / 100);
+      }
+      for (const k of ["p50", "p99"]) report(`latency ${k} with ${n} queued a year ahead (ms)`, stat(samples[k]!));
     }
     if (only.has("ceiling")) {
       report(

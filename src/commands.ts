@@ -3,6 +3,7 @@
 import type { CliOptions } from "./cli.ts";
 import { connect, describe, type Sql, type Target } from "./db.ts";
 import { install, installedVersion, setUnlogged, uninstall } from "./installer.ts";
+import { readQueueDepth } from "./queue.ts";
 import type { Logger } from "./log.ts";
 import { VERSION } from "./version.ts";
 
@@ -29,11 +30,11 @@ export async function statusCommand(sql: Sql): Promise<void> {
   const version = await installedVersion(sql);
   const report: Record<string, unknown> = { pgnet: VERSION, database: describe(sql), installedVersion: version };
   if (version > 0) {
-    const [queue] = await sql`
-      select count(*)::int as queued, count(claimed_by)::int as claimed, min(enqueued_at) as oldest
-        from net.http_request_queue
+    const queue = await readQueueDepth(sql);
+    // the planner's estimate: counting hours of responses row by row could take minutes
+    const [responses] = await sql`
+      select greatest(reltuples, 0)::bigint::text as estimated from pg_class where oid = 'net._http_response'::regclass
     `;
-    const [responses] = await sql`select count(*)::int as stored from net._http_response`;
     const workers = await sql`
       select pid, application_name, client_addr::text, backend_start from pg_stat_activity
        where datname = current_database() and application_name like 'pgnet % worker'

@@ -18,6 +18,18 @@ export interface WorkerSettings {
   shutdownTimeoutMs: number;
   /** response bodies over this many bytes become an error row */
   maxResponseBytes: number;
+  /** a queued request (URL, headers and body) over this many bytes becomes an error row, unread */
+  maxRequestBytes: number;
+  /** bytes of bodies held at once: in flight, and waiting to be stored */
+  memoryBudgetBytes: number;
+  /** response data per write statement; a larger response is written alone */
+  maxWriteBytes: number;
+  /** a request claimed this many times without a stored result is not sent again */
+  maxAttempts: number;
+  /** lock_timeout of pgnet's statements */
+  lockTimeoutMs: number;
+  /** statement_timeout of pgnet's statements */
+  statementTimeoutMs: number;
 }
 
 export type SettingKey = keyof WorkerSettings;
@@ -29,7 +41,13 @@ export type SettingFlag =
   | "poll-interval"
   | "lease"
   | "shutdown-timeout"
-  | "max-response-size";
+  | "max-response-size"
+  | "max-request-size"
+  | "memory-budget"
+  | "max-write-size"
+  | "max-attempts"
+  | "lock-timeout"
+  | "statement-timeout";
 export type Source = "flag" | "env" | "database" | "default";
 
 interface Spec {
@@ -116,16 +134,38 @@ function duration(bareUnit: "ms" | "s", minMs: number, maxMs: number, divisor: n
   };
 }
 
-function bytes(text: string): number {
+const SIZE_UNITS: Record<string, number> = {
+  b: 1,
+  kb: 1e3,
+  kib: 1024,
+  mb: 1e6,
+  mib: 1048576,
+  gb: 1e9,
+  gib: 1073741824,
+};
+
+/** Parses "64MiB", "500kb", "1GB" or a bare number of bytes. */
+export function parseSize(text: string): number {
   const m = /^\s*(\d+)\s*(b|kb|kib|mb|mib|gb|gib)?\s*$/i.exec(text);
-  const scale: Record<string, number> = { b: 1, kb: 1e3, kib: 1024, mb: 1e6, mib: 1048576, gb: 1e9, gib: 1073741824 };
-  const value = m ? Number(m[1]) * scale[(m[2] ?? "b").toLowerCase()]! : NaN;
-  // a stored body is a PostgreSQL text value, which holds at most 1 GB
-  if (!Number.isSafeInteger(value) || value < 1 || value > 1_000_000_000) {
-    throw new RangeError('expected a size from 1 byte to 1GB, such as "64MiB"');
-  }
+  const value = m ? Number(m[1]) * SIZE_UNITS[(m[2] ?? "b").toLowerCase()]! : NaN;
+  if (!Number.isSafeInteger(value)) throw new RangeError('expected a size such as "64MiB"');
   return value;
 }
+
+function bytes(min: number, max: number, range: string) {
+  return (text: string): number => {
+    let value = NaN;
+    try {
+      value = parseSize(text);
+    } catch { /* reported with the range below */ }
+    if (!(value >= min && value <= max)) throw new RangeError(`expected a size from ${range}, such as "64MiB"`);
+    return value;
+  };
+}
+
+const MiB = 1_048_576;
+// a stored body is a PostgreSQL text value, which holds at most 1 GB
+const bodySize = bytes(1, 1_000_000_000, "1 byte to 1GB");
 
 // Defaults measured with `npm run bench` on 2 cores (median of 3, durable tables), see README "Performance":
 // - concurrency 2048: 1,000 requests to a 2 s endpoint and 1,000 fast ones committed together, slow first:
@@ -190,7 +230,55 @@ export const SETTINGS: readonly Spec[] = [
     env: "PGNET_MAX_RESPONSE_SIZE",
     default: "64MiB",
     help: "larger response bodies are stored as an error",
-    parse: bytes,
+    parse: bodySize,
+  },
+  {
+    key: "maxRequestBytes",
+    flag: "max-request-size",
+    env: "PGNET_MAX_REQUEST_SIZE",
+    default: "64MiB",
+    help: "queued requests larger than this (URL, headers and body) are stored as an error, unread",
+    parse: bodySize,
+  },
+  {
+    key: "memoryBudgetBytes",
+    flag: "memory-budget",
+    env: "PGNET_MEMORY_BUDGET",
+    default: "256MiB",
+    help: "bodies held at once, in flight and waiting to be stored; at the limit, new requests wait",
+    parse: bytes(16 * MiB, 1024 * 1024 * MiB, "16MiB to 1TiB"),
+  },
+  {
+    key: "maxWriteBytes",
+    flag: "max-write-size",
+    env: "PGNET_MAX_WRITE_SIZE",
+    default: "4MiB",
+    help: "response data per write statement; a larger response is written alone",
+    parse: bytes(64 * 1024, 256 * MiB, "64KiB to 256MiB"),
+  },
+  {
+    key: "maxAttempts",
+    flag: "max-attempts",
+    env: "PGNET_MAX_ATTEMPTS",
+    default: "5",
+    help: "a request claimed this often without a result (its worker died each time) is stored as an error",
+    parse: integer(1, 1000),
+  },
+  {
+    key: "lockTimeoutMs",
+    flag: "lock-timeout",
+    env: "PGNET_LOCK_TIMEOUT",
+    default: "5s",
+    help: "how long pgnet's statements wait for a lock another session holds (then retried, /health says why)",
+    parse: duration("ms", 10, 86_400_000, 1),
+  },
+  {
+    key: "statementTimeoutMs",
+    flag: "statement-timeout",
+    env: "PGNET_STATEMENT_TIMEOUT",
+    default: "60s",
+    help: "longest a statement of pgnet's may run (then retried, /health says why)",
+    parse: duration("ms", 100, 86_400_000, 1),
   },
 ];
 
@@ -245,7 +333,26 @@ export function resolveSettings(input: SettingsInput): ResolvedSettings {
     }
     settings[spec.key] = value;
   }
+  checkMemoryBudget(settings, sources);
   return { settings, sources };
+}
+
+/**
+ * The budget must hold the largest request and the largest response at once (a response body counts twice: as
+ * bytes while it arrives, then as text until it is stored), or a request at both limits could never run.
+ */
+function checkMemoryBudget(settings: WorkerSettings, sources: Record<SettingKey, Source>): void {
+  const needed = 2 * settings.maxResponseBytes + settings.maxRequestBytes;
+  if (settings.memoryBudgetBytes >= needed) return;
+  const name = (key: SettingKey) => {
+    const spec = SETTINGS.find((s) => s.key === key)!;
+    return sources[key] === "env" ? spec.env : `--${spec.flag}`;
+  };
+  throw new PgnetError(
+    "INVALID_SETTING",
+    `Invalid ${name("memoryBudgetBytes")}: expected at least ${needed} bytes (twice ${name("maxResponseBytes")} ` +
+      `plus ${name("maxRequestBytes")}), got ${settings.memoryBudgetBytes}`,
+  );
 }
 
 function parseOrThrow(spec: Spec, text: string, name: string): number {

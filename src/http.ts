@@ -253,30 +253,34 @@ function readBody(response: IncomingMessage, options: HttpOptions, attempt: Atte
     attempt.cancel = fail;
     const tooLarge = () => new RequestError(`Maximum file size exceeded: the response body is over ${limit} bytes`);
     if (expected !== null && expected > limit) return fail(tooLarge());
-    // the whole body at once when its length is known: one reservation, one buffer, no concatenation
-    const whole = expected !== null ? Buffer.allocUnsafe(expected) : null;
-    const chunks: Buffer[] = [];
-    let size = 0;
-    const wait = (pending: Promise<void> | void) => {
-      if (!pending) return;
-      response.pause();
-      pending.then(() => response.resume(), fail);
+    // the whole body at once when its length is known: one reservation, one buffer, no concatenation; nothing is
+    // read (the socket is not drained) until the budget has room for it
+    const read = () => {
+      const whole = expected !== null ? Buffer.allocUnsafe(expected) : null;
+      const chunks: Buffer[] = [];
+      let size = 0;
+      response.on("data", (chunk: Buffer) => {
+        if (size + chunk.byteLength > limit) return fail(tooLarge());
+        if (whole && size + chunk.byteLength <= expected!) chunk.copy(whole, size);
+        else chunks.push(chunk);
+        size += chunk.byteLength;
+        if (whole) return;
+        const pending = room?.reserve(size, null);
+        if (!pending) return;
+        response.pause();
+        pending.then(() => response.resume(), fail);
+      });
+      response.on("end", () => {
+        if (!response.complete) return fail(Object.assign(new Error("incomplete response"), { code: "ECONNRESET" }));
+        if (whole) resolve(size === expected ? whole : whole.subarray(0, size));
+        else resolve(chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, size));
+      });
     };
-    if (expected !== null) wait(room?.reserve(expected, expected));
-    response.on("data", (chunk: Buffer) => {
-      if (size + chunk.byteLength > limit) return fail(tooLarge());
-      if (whole && size + chunk.byteLength <= expected!) chunk.copy(whole, size);
-      else chunks.push(chunk);
-      size += chunk.byteLength;
-      if (!whole) wait(room?.reserve(size, null));
-    });
     response.on("error", fail);
     response.on("aborted", () => fail(Object.assign(new Error("aborted"), { code: "ECONNRESET" })));
-    response.on("end", () => {
-      if (!response.complete) return fail(Object.assign(new Error("incomplete response"), { code: "ECONNRESET" }));
-      if (whole) resolve(size === expected ? whole : whole.subarray(0, size));
-      else resolve(chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, size));
-    });
+    const pending = expected !== null ? room?.reserve(expected, expected) : undefined;
+    if (pending) pending.then(read, fail);
+    else read();
   });
 }
 
@@ -375,7 +379,8 @@ function success(id: string, response: IncomingMessage, bytes: Uint8Array): Resp
   };
 }
 
-function failure(id: string, message: string, timedOut: boolean): ResponseRow {
+/** An error row: a failed request's response, as pg_net stores one. */
+export function failure(id: string, message: string, timedOut: boolean): ResponseRow {
   return {
     id,
     status_code: null,

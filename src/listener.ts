@@ -12,7 +12,7 @@ export const CONTROL_CHANNEL = "pgnet_control";
 export interface ListenerOptions {
   target: Target;
   /** extra startup parameters for the session */
-  connection?: Record<string, string>;
+  connection?: Record<string, string | number>;
   timers: Timers;
   onNotify(channel: string, payload: string): void;
   /** subscribed (again): look for work that arrived while nobody listened */

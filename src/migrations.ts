@@ -1,6 +1,7 @@
 // The SQL API files, embedded in the program in order. Append-only: a released file is never edited.
 
 import netApi from "../sql/0001_net_api.sql" with { type: "text" };
+import claimIndexes from "../sql/0002_claim_indexes.sql" with { type: "text" };
 
 export interface Migration {
   version: number;
@@ -10,6 +11,7 @@ export interface Migration {
 
 export const MIGRATIONS: readonly Migration[] = [
   { version: 1, name: "0001_net_api", text: netApi },
+  { version: 2, name: "0002_claim_indexes", text: claimIndexes },
 ];
 
 export const LATEST_VERSION = MIGRATIONS[MIGRATIONS.length - 1]!.version;

@@ -1,4 +1,5 @@
-// Every statement pgnet runs on the queue and response tables: claim (with expiry), store, renew, release.
+// Every statement pgnet runs on the queue and response tables: claim (with expiry), load, store, renew,
+// release, reap, and the cheap counts /status shows. One row type each for a claimed request and a response.
 
 import type { Sql } from "./db.ts";
 
@@ -13,6 +14,17 @@ export interface QueuedRequest {
   timeoutMs: number;
 }
 
+/** What a claim returns: the request, how often it was claimed, its size, and whether it still has to be loaded. */
+export interface Claimed {
+  request: QueuedRequest;
+  /** claims so far, this one included; more than 1 means a worker holding it stopped without a result */
+  attempts: number;
+  /** bytes of URL, headers (as JSON text) and body */
+  bytes: number;
+  /** the URL, headers and body were too large to claim in bulk: load() them once memory is set aside */
+  unloaded: boolean;
+}
+
 /** A row of net._http_response as the worker writes it (`created` is set by the database). */
 export interface ResponseRow {
   id: string;
@@ -24,22 +36,40 @@ export interface ResponseRow {
   error_msg: string | null;
 }
 
-interface ClaimedRow {
-  expired: number;
-  id: string | null;
-  method: string;
-  url: string;
-  headers: unknown;
-  body: Uint8Array | null;
-  timeout_milliseconds: number;
-}
-
 export interface ClaimSettings {
   /** responses deleted at most per claim */
   batchSize: number;
   ttlSeconds: number;
   leaseMs: number;
 }
+
+export interface QueueDepth {
+  /** requests due now and not claimed, counted up to READY_COUNT_LIMIT */
+  ready: number;
+  /** true when there are more than `ready` */
+  readyTruncated: boolean;
+  /** requests claimed by a worker (in flight, or held by a worker that died, until their lease ends) */
+  claimed: number;
+  /** seconds since the oldest unclaimed due request became due; 0 when none is */
+  oldestReadySeconds: number;
+}
+
+interface ClaimedRow {
+  expired: number;
+  id: string | null;
+  method: string;
+  timeout_milliseconds: number;
+  attempts: number;
+  bytes: string;
+  url: string | null;
+  headers: unknown;
+  body: Uint8Array | null;
+}
+
+// A claim reads the URL, headers and body of rows up to this size in the same statement; a larger row is read
+// on its own once the memory budget has room for it (a directly inserted 400 MB body is never read in bulk).
+const CLAIM_INLINE_BYTES = 65_536;
+const READY_COUNT_LIMIT = 10_000;
 
 /** Lists go to PostgreSQL as text (connect() turns fetch_types off): `string_to_array($1, ',')::bigint[]`. */
 const idList = (ids: readonly string[]) => ids.join(",");
@@ -53,8 +83,14 @@ export class Queue {
     this.#workerId = workerId;
   }
 
-  /** One statement: expire old responses (bounded), claim up to `limit` ready requests under a lease. */
-  async claim(limit: number, settings: ClaimSettings): Promise<{ requests: QueuedRequest[]; expired: number }> {
+  /**
+   * One statement: expire old responses (bounded), claim up to `limit` due requests under a lease, oldest first.
+   * It walks the ready index only (sql/0002): claimed rows and rows due later are not visited. The size of the
+   * headers is taken from their stored size when that is small and measured as JSON text otherwise, so a
+   * compressed huge value cannot pass as small.
+   */
+  async claim(limit: number, settings: ClaimSettings): Promise<{ claimed: Claimed[]; expired: number }> {
+    // sums in bigint: three values of up to 1 GB each overflow int4, and a failing claim would stall the queue
     const { batchSize, ttlSeconds, leaseMs } = settings;
     const rows = await this.#sql<ClaimedRow[]>`
       with expired as (
@@ -66,10 +102,14 @@ export class Queue {
          where r.ctid = old.ctid
         returning 1
       ), claimable as (
-        select id from net.http_request_queue
-         where (lease_until is null or lease_until < now())
-           and (not_before is null or not_before <= now())
-         order by id
+        select id,
+               octet_length(url)::bigint
+               + coalesce(case when pg_column_size(headers) > 2048 then octet_length(headers::text)
+                               else pg_column_size(headers) end, 0)
+               + coalesce(octet_length(body), 0) as bytes
+          from net.http_request_queue
+         where claimed_by is null and coalesce(not_before, enqueued_at) <= now()
+         order by coalesce(not_before, enqueued_at), id
          limit ${limit}::int
            for update skip locked
       ), claimed as (
@@ -79,21 +119,40 @@ export class Queue {
                attempts = q.attempts + 1
           from claimable c
          where q.id = c.id
-        returning q.id, q.method, q.url, q.headers, q.body, q.timeout_milliseconds
+        returning q.id, q.method, q.timeout_milliseconds, q.attempts, c.bytes::text as bytes,
+                  case when c.bytes <= ${CLAIM_INLINE_BYTES}::int then q.url end as url,
+                  case when c.bytes <= ${CLAIM_INLINE_BYTES}::int then q.headers end as headers,
+                  case when c.bytes <= ${CLAIM_INLINE_BYTES}::int then q.body end as body
       )
       select (select count(*) from expired)::int as expired, c.*
         from (select) one
         left join claimed c on true
     `;
-    const requests = rows.filter((row) => row.id !== null).map((row) => ({
-      id: row.id!,
-      method: row.method,
-      url: row.url,
-      headers: row.headers,
-      body: row.body,
-      timeoutMs: row.timeout_milliseconds,
+    const claimed = rows.filter((row) => row.id !== null).map((row): Claimed => ({
+      request: {
+        id: row.id!,
+        method: row.method,
+        url: row.url ?? "",
+        headers: row.headers,
+        body: row.body,
+        timeoutMs: row.timeout_milliseconds,
+      },
+      attempts: row.attempts,
+      bytes: Number(row.bytes),
+      unloaded: row.url === null,
     }));
-    return { requests, expired: rows[0]?.expired ?? 0 };
+    return { claimed, expired: rows[0]?.expired ?? 0 };
+  }
+
+  /** Reads the URL, headers and body of a request claimed without them; false if it is no longer ours. */
+  async load(request: QueuedRequest): Promise<boolean> {
+    const [row] = await this.#sql<{ url: string; headers: unknown; body: Uint8Array | null }[]>`
+      select url, headers, body from net.http_request_queue
+       where id = ${request.id}::bigint and claimed_by = ${this.#workerId}::text
+    `;
+    if (!row) return false;
+    Object.assign(request, row);
+    return true;
   }
 
   /** One statement stores the responses and removes their queue rows; a response already stored wins. */
@@ -111,6 +170,32 @@ export class Queue {
     `;
   }
 
+  /**
+   * The same with each column its own parameter: a large body is sent once, as text, not escaped inside JSON.
+   * Measured (PostgreSQL 18, local): 4 rows of 1 MiB take 55 ms this way and 104 ms as JSON; 1,000 rows of
+   * 100 bytes take 40 ms this way and 23 ms as JSON, so the writer picks by the average row size.
+   */
+  async storeRows(results: readonly ResponseRow[]): Promise<void> {
+    const params: (string | number | boolean | null)[] = [];
+    const values = results.map((r) => {
+      const n = params.length;
+      params.push(r.id, r.status_code, r.content_type, r.headers === null ? null : JSON.stringify(r.headers));
+      params.push(r.content, r.timed_out, r.error_msg);
+      return `($${n + 1}::bigint, $${n + 2}::int, $${n + 3}::text, $${n + 4}::text::jsonb, $${n + 5}::text, ` +
+        `$${n + 6}::bool, $${n + 7}::text)`;
+    });
+    params.push(idList(results.map((r) => r.id)));
+    await this.#sql.unsafe(
+      `with stored as (
+         insert into net._http_response (id, status_code, content_type, headers, content, timed_out, error_msg)
+         values ${values.join(", ")}
+         on conflict (id) do nothing
+       )
+       delete from net.http_request_queue where id = any(string_to_array($${params.length}::text, ',')::bigint[])`,
+      params,
+    );
+  }
+
   /** Extends the lease of requests this worker holds, so long requests are not claimed twice. */
   async renew(ids: readonly string[], leaseMs: number): Promise<void> {
     await this.#sql`
@@ -120,11 +205,48 @@ export class Queue {
     `;
   }
 
-  /** Gives requests back to the queue at once (shutdown), rather than when their lease ends. */
+  /**
+   * Gives requests back to the queue at once (shutdown), rather than when their lease ends. The claim does not
+   * count as an attempt: the request did not fail, this worker is stopping.
+   */
   async release(ids: readonly string[]): Promise<void> {
     await this.#sql`
-      update net.http_request_queue set claimed_by = null, lease_until = null
+      update net.http_request_queue
+         set claimed_by = null, lease_until = null, attempts = greatest(attempts - 1, 0)
        where id = any(string_to_array(${idList(ids)}::text, ',')::bigint[]) and claimed_by = ${this.#workerId}::text
     `;
   }
+
+  /** Returns requests whose lease ran out (their worker died) to the queue; their attempt stays counted. */
+  async reap(): Promise<number> {
+    const rows = await this.#sql`
+      update net.http_request_queue set claimed_by = null, lease_until = null
+       where claimed_by is not null and lease_until < now()
+      returning 1
+    `;
+    return rows.length;
+  }
+}
+
+/** Counts that stay cheap at any queue size: each reads one index, the ready count stops at a limit. */
+export async function readQueueDepth(sql: Sql): Promise<QueueDepth> {
+  const [row] = await sql<{ ready: number; claimed: number; oldest: number | null }[]>`
+    select (select count(*) from (select from net.http_request_queue
+                                   where claimed_by is null and coalesce(not_before, enqueued_at) <= now()
+                                   order by coalesce(not_before, enqueued_at), id -- the ready index, not a scan
+                                   limit ${READY_COUNT_LIMIT + 1}::int) due)::int as ready,
+           (select count(*) from net.http_request_queue where claimed_by is not null)::int as claimed,
+           (select extract(epoch from now() - coalesce(not_before, enqueued_at))::float8
+              from net.http_request_queue
+             where claimed_by is null and coalesce(not_before, enqueued_at) <= now()
+             order by coalesce(not_before, enqueued_at), id
+             limit 1) as oldest
+  `;
+  const ready = Math.min(row!.ready, READY_COUNT_LIMIT);
+  return {
+    ready,
+    readyTruncated: row!.ready > READY_COUNT_LIMIT,
+    claimed: row!.claimed,
+    oldestReadySeconds: row!.oldest ?? 0,
+  };
 }

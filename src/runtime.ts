@@ -13,6 +13,16 @@ export const runtimeName: "bun" | "deno" | "node" = typeof Bun !== "undefined"
   ? "deno"
   : "node";
 
+/**
+ * Collects garbage now (Bun: a synchronous JavaScriptCore collection and mimalloc's cleanup). Called after every
+ * 32 MiB of stored bodies: measured, 500 responses of 1 MiB through a 64 MiB budget peaked at 274-293 MiB RSS
+ * without it, 234 MiB with a non-blocking hint, and 187-192 MiB with this, as freed buffers no longer wait for
+ * the collector's own schedule. Deno's collector keeps up by itself here.
+ */
+export function releaseMemory(): void {
+  if (runtimeName === "bun") Bun.gc(true);
+}
+
 export interface Server {
   /** the port actually bound (useful with port 0) */
   port: number;

@@ -2,6 +2,7 @@
 
 import { Hono } from "hono";
 import { coerceError } from "./errors.ts";
+import type { QueueDepth } from "./queue.ts";
 import type { WorkerStatus } from "./worker.ts";
 import { PG_NET_API_VERSION, VERSION } from "./version.ts";
 
@@ -11,8 +12,8 @@ export interface StatusDeps {
     reload(): Promise<void>;
     restart(): Promise<void>;
   };
-  /** rows waiting in net.http_request_queue (throws when the database is unreachable) */
-  queueDepth(): Promise<number>;
+  /** the queue's cheap counts (throws when the database is unreachable) */
+  queueDepth(): Promise<QueueDepth>;
   /** where the worker connects, without credentials */
   database: string;
   /** when set, POST routes need `Authorization: Bearer <token>` */
@@ -38,6 +39,7 @@ export function createStatusApp(deps: StatusDeps): Hono {
     let reason: string | null = null;
     if (s.state !== "running") reason = `worker is ${s.state}`;
     else if (!s.connected) reason = "not connected to the database";
+    else if (s.blocked) reason = `blocked for ${Math.round((now() - s.blocked.since) / 1000)} s: ${s.blocked.message}`;
     else if (age > healthWindowMs(s.settings.pollIntervalMs)) reason = `no progress for ${Math.round(age / 1000)} s`;
     const body = {
       ok: reason === null,
@@ -49,14 +51,22 @@ export function createStatusApp(deps: StatusDeps): Hono {
     return c.json(body, reason === null ? 200 : 503);
   });
 
+  // one reading a second at most, however often /status is asked
+  let cached: { at: number; depth: Promise<QueueDepth> } | null = null;
+  const queueDepth = () => {
+    if (!cached || now() - cached.at >= 1000) cached = { at: now(), depth: deps.queueDepth() };
+    return cached.depth;
+  };
+
   app.get("/status", async (c) => {
     const s = deps.worker.status();
-    let queueDepth: number | null = null;
+    let queue: QueueDepth | null = null;
     let queueError: string | null = null;
     try {
-      queueDepth = await deps.queueDepth();
+      queue = await queueDepth();
     } catch (error) {
       queueError = coerceError(error).message;
+      cached = null;
     }
     return c.json({
       version: VERSION,
@@ -68,10 +78,12 @@ export function createStatusApp(deps: StatusDeps): Hono {
         connected: s.connected,
         lastProgressAt: new Date(s.lastProgressAt).toISOString(),
       },
-      queueDepth,
+      queue,
       ...(queueError ? { queueError } : {}),
       inFlight: s.inFlight,
       pendingWrites: s.pendingWrites,
+      memory: s.memory,
+      blocked: s.blocked ? { message: s.blocked.message, since: new Date(s.blocked.since).toISOString() } : null,
       counters: s.counters,
       settings: s.settings,
       sources: s.sources,

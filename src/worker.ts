@@ -2,13 +2,15 @@
 // hands results to the writer, and stops in order.
 
 import { randomUUID } from "node:crypto";
+import { Hold, hostKey, MemoryBudget, REQUEST_RESERVE, ResponseSizes } from "./budget.ts";
 import { type ResolvedSettings, resolveSettings, type SettingValues, type WorkerSettings } from "./config.ts";
 import { connect, readDatabaseSettings, type Sql, type Target } from "./db.ts";
 import { coerceError, errorCode } from "./errors.ts";
-import { performRequest } from "./http.ts";
+import { failure, performRequest } from "./http.ts";
 import { CONTROL_CHANNEL, Listener, WAKE_CHANNEL } from "./listener.ts";
 import type { Logger } from "./log.ts";
-import { Queue, type QueuedRequest, type ResponseRow } from "./queue.ts";
+import { type Claimed, Queue, type ResponseRow } from "./queue.ts";
+import { releaseMemory } from "./runtime.ts";
 import { backoffMs, Timers } from "./timers.ts";
 import { SCHEMA_MISSING, Writer } from "./writer.ts";
 
@@ -19,6 +21,8 @@ export interface WorkerOptions {
   flags?: SettingValues;
   /** the environment read for PGNET_* settings */
   env?: Record<string, string | undefined>;
+  /** shared by every worker of the process; one of its own (--memory-budget) when not given */
+  budget?: MemoryBudget;
 }
 
 export type WorkerState = "starting" | "running" | "reconnecting" | "stopping" | "stopped";
@@ -36,7 +40,14 @@ export interface WorkerStatus {
   /** Date.now() of the last successful statement */
   lastProgressAt: number;
   lastError: { message: string; at: number } | null;
+  /** set while pgnet's statements time out waiting for a lock or run past statement_timeout */
+  blocked: { message: string; since: number } | null;
+  /** bytes of bodies held, of the memory budget's capacity */
+  memory: { used: number; budget: number; waiting: number };
 }
+
+// lock_not_available (lock_timeout) and query_canceled (statement_timeout)
+const BLOCKED = new Set(["55P03", "57014"]);
 
 /** The database side of a worker: a pool for its statements and the LISTEN session. Replaced on restart. */
 interface Connections {
@@ -51,6 +62,8 @@ export class Worker {
   readonly #log: Logger;
   readonly #timers = new Timers();
   readonly #writer: Writer;
+  readonly #sizes = new ResponseSizes();
+  #budget!: MemoryBudget;
   #resolved!: ResolvedSettings;
   #state: WorkerState = "starting";
   #db: Connections | null = null;
@@ -64,15 +77,21 @@ export class Worker {
   #counters = { succeeded: 0, failed: 0, timedOut: 0, claimed: 0 };
   #lastProgressAt = Date.now();
   #lastError: WorkerStatus["lastError"] = null;
+  #blocked: WorkerStatus["blocked"] = null;
   #schemaMissing = false;
+  #storedSinceCollect = 0;
 
   constructor(options: WorkerOptions) {
     this.#options = options;
     this.#log = options.logger;
     this.#writer = new Writer({
-      store: (results) => this.#db!.queue.store(results),
+      queue: () => this.#db!.queue,
+      maxWriteBytes: () => this.settings.maxWriteBytes,
       onFail: (message, error) => this.#fail(message, error),
-      onStored: () => this.#progress(),
+      onStored: (rows) => {
+        this.#progress();
+        this.#collectAfter(rows);
+      },
     });
   }
 
@@ -88,7 +107,11 @@ export class Worker {
   /** Connects, reads settings, starts listening and polling. Rejects if the first connection fails. */
   async start(): Promise<void> {
     await this.#loadSettings();
+    this.#budget = this.#options.budget ?? new MemoryBudget(this.settings.memoryBudgetBytes, () => {
+      if (this.#backlog) this.#kick();
+    });
     this.#db = await this.#connect();
+    await this.#reap();
     this.#state = "running";
     this.#kick(); // the listener's catch-up ran before the connections were in place
     this.#schedulePoll();
@@ -139,12 +162,14 @@ export class Worker {
       state: this.#state === "running" && !connected ? "reconnecting" : this.#state,
       connected,
       inFlight: this.#inFlight.size,
-      pendingWrites: this.#writer.pending.length,
+      pendingWrites: this.#writer.pending,
       counters: { ...this.#counters },
       settings: { ...this.settings },
       sources: { ...this.#resolved.sources },
       lastProgressAt: this.#lastProgressAt,
       lastError: this.#lastError,
+      blocked: this.#blocked,
+      memory: { used: this.#budget.used, budget: this.#budget.capacity, waiting: this.#budget.waiting },
     };
   }
 
@@ -174,9 +199,23 @@ export class Worker {
 
   async #connect(): Promise<Connections> {
     const { target } = this.#options;
-    const sql = connect(target, { max: 4, connect_timeout: 10, idle_timeout: 60 });
+    const { lockTimeoutMs, statementTimeoutMs } = this.settings;
+    // names in pgnet's statements are schema-qualified and its parameters cast; the pinned search_path keeps a
+    // function or operator someone created in another schema from being picked instead of pg_catalog's
+    const session = { search_path: "pg_catalog, pg_temp" };
+    const sql = connect(target, {
+      max: 4,
+      connect_timeout: 10,
+      idle_timeout: 60,
+      connection: {
+        ...session,
+        lock_timeout: lockTimeoutMs,
+        statement_timeout: statementTimeoutMs,
+      },
+    });
     const listener = new Listener({
       target,
+      connection: session,
       timers: this.#timers,
       onNotify: (channel, payload) => this.#onNotify(channel, payload),
       onListen: () => {
@@ -214,20 +253,20 @@ export class Worker {
     try {
       while (this.#wanted && !this.#stopping) {
         this.#wanted = false;
-        // claim while slots are free and claims come back full (more may be waiting)
+        // claim while slots and memory are free and claims come back full (more may be waiting)
         while (!this.#stopping) {
           const free = this.#window - this.#inFlight.size;
-          if (free <= 0) {
-            this.#backlog = true; // a finishing request kicks again
+          const limit = Math.min(free, this.settings.batchSize, this.#budget.roomFor(REQUEST_RESERVE));
+          if (limit <= 0) {
+            this.#backlog = true; // a finishing request, or memory given back, kicks again
             break;
           }
-          const limit = Math.min(free, this.settings.batchSize);
-          const { requests, expired } = await this.#db!.queue.claim(limit, this.settings);
+          const { claimed, expired } = await this.#db!.queue.claim(limit, this.settings);
           this.#progress();
-          this.#counters.claimed += requests.length;
-          for (const request of requests) this.#dispatch(request);
+          this.#counters.claimed += claimed.length;
+          for (const c of claimed) this.#start(c);
           if (expired >= this.settings.batchSize) this.#wanted = true; // more responses to expire
-          this.#backlog = requests.length === limit;
+          this.#backlog = claimed.length === limit;
           if (!this.#backlog) break;
         }
       }
@@ -252,14 +291,61 @@ export class Worker {
     }
   }
 
-  #dispatch(request: QueuedRequest): void {
+  /** Runs a claimed request once the memory budget has room for it; a poison row becomes its error row. */
+  #start(claimed: Claimed): void {
+    const { request, bytes, attempts } = claimed;
+    const { maxRequestBytes, maxAttempts } = this.settings;
     this.#inFlight.add(request.id);
-    void performRequest(request, { maxResponseBytes: this.settings.maxResponseBytes }).then((result) => {
-      if (!this.#inFlight.delete(request.id)) return; // given back at shutdown
-      this.#count(result);
-      this.#writer.push(result);
-      if (this.#backlog) this.#kick();
-    });
+    if (bytes > maxRequestBytes) {
+      const message = `Request not sent: its URL, headers and body are ${bytes} bytes, over pgnet's ` +
+        `--max-request-size of ${maxRequestBytes} bytes`;
+      return this.#finish(request.id, failure(request.id, message, false), null);
+    }
+    if (attempts > maxAttempts) {
+      const message = `Request not sent again: it was claimed ${attempts} times without a stored result (the ` +
+        `worker holding it stopped each time), more than pgnet's --max-attempts of ${maxAttempts}`;
+      return this.#finish(request.id, failure(request.id, message, false), null);
+    }
+    void (async () => {
+      // a large request is read only once its memory is set aside; its host is known after that
+      const host = claimed.unloaded ? null : hostKey(request.url);
+      const charge = this.#sizes.charge(host, bytes);
+      if (!this.#budget.tryTake(charge)) await this.#budget.take(charge);
+      const hold = new Hold(this.#budget, bytes, charge);
+      if (claimed.unloaded && !(await this.#load(claimed))) {
+        hold.release();
+        this.#inFlight.delete(request.id);
+        return;
+      }
+      const row = await performRequest(request, { maxResponseBytes: this.settings.maxResponseBytes, room: hold });
+      if (row.status_code !== null) this.#sizes.record(host ?? hostKey(request.url), hold.bodyBytes);
+      this.#finish(request.id, row, hold);
+    })();
+  }
+
+  /** Reads a large request's URL, headers and body; false when it is no longer this worker's. */
+  async #load(claimed: Claimed): Promise<boolean> {
+    for (let attempt = 0; !this.#stopping; attempt++) {
+      try {
+        return await this.#db!.queue.load(claimed.request);
+      } catch (error) {
+        this.#fail(`cannot read request ${claimed.request.id}`, error);
+        await this.#timers.sleep(backoffMs(attempt));
+      }
+    }
+    return false;
+  }
+
+  #finish(id: string, row: ResponseRow, hold: Hold | null): void {
+    if (!this.#inFlight.delete(id)) {
+      hold?.release(); // given back at shutdown
+      return;
+    }
+    this.#count(row);
+    // the stored text, and the driver's copy of it while it is sent
+    hold?.shrink(row.content === null ? 1024 : 2 * hold.bodyBytes + 1024);
+    this.#writer.push(row, hold);
+    if (this.#backlog) this.#kick();
   }
 
   #count(result: ResponseRow): void {
@@ -271,14 +357,29 @@ export class Worker {
   /** Extends the lease of everything this worker holds, so long requests are not claimed twice. */
   #scheduleLeaseRenewal(): void {
     this.#timers.after(this.settings.leaseMs / 3, async () => {
-      const ids = [...this.#inFlight, ...this.#writer.pending.map((r) => r.id)];
+      const ids = [...this.#inFlight, ...this.#writer.ids()];
       if (ids.length > 0 && this.#db) {
         await this.#db.queue.renew(ids, this.settings.leaseMs).catch((error) =>
           this.#fail("cannot renew leases", error)
         );
       }
+      await this.#reap();
       if (!this.#stopping) this.#scheduleLeaseRenewal();
     });
+  }
+
+  /** Puts requests of workers that died (their lease ran out) back in the queue, and claims them if any. */
+  async #reap(): Promise<void> {
+    if (!this.#db) return;
+    try {
+      const reaped = await this.#db.queue.reap();
+      if (reaped > 0) {
+        this.#log.info("requests whose worker stopped are queued again", { count: reaped });
+        this.#kick();
+      }
+    } catch (error) {
+      this.#fail("cannot reclaim expired leases", error);
+    }
   }
 
   #schedulePoll(): void {
@@ -298,7 +399,8 @@ export class Worker {
     await this.#restarting?.catch(() => {}); // so no connection it opens outlives the shutdown
     const unfinished = [...this.#inFlight];
     this.#inFlight.clear();
-    await this.#writer.stop();
+    // results are written until the shutdown timeout, a few seconds at least, then what is left is reported
+    await this.#writer.stop(Math.max(deadline, Date.now() + 3000));
     const db = this.#db;
     if (unfinished.length > 0 && db) {
       // give them back now rather than when the lease ends; they may have been sent: at-least-once
@@ -311,14 +413,36 @@ export class Worker {
     this.#log.info("worker stopped", { lost: this.#writer.lost });
   }
 
+  /** After 32 MiB of bodies were stored, the runtime is asked to free their memory rather than let it pile up. */
+  #collectAfter(rows: readonly ResponseRow[]): void {
+    for (const row of rows) this.#storedSinceCollect += row.content?.length ?? 0;
+    if (this.#storedSinceCollect < 32 * 1_048_576) return;
+    this.#storedSinceCollect = 0;
+    releaseMemory();
+  }
+
   #progress(): void {
     this.#lastProgressAt = Date.now();
+    if (this.#blocked) {
+      this.#log.info("statements run again", { blockedFor: `${Date.now() - this.#blocked.since}ms` });
+      this.#blocked = null;
+    }
   }
 
   #fail(message: string, error: unknown): void {
     const e = coerceError(error);
+    const code = errorCode(error);
     this.#lastError = { message: `${message}: ${e.message}`, at: Date.now() };
-    this.#log.error(message, { error: e, code: errorCode(error) });
+    if (BLOCKED.has(code ?? "")) {
+      // another session holds a lock pgnet needs (or a statement ran too long): say who to look for
+      this.#blocked ??= { message: `${message}: ${e.message}`, since: Date.now() };
+      this.#log.error(`${message}: blocked (see pg_locks and pg_stat_activity for the session holding it)`, {
+        error: e,
+        code,
+      });
+      return;
+    }
+    this.#log.error(message, { error: e, code });
   }
 }
 

@@ -1,33 +1,53 @@
-// The result writer: buffers finished results and stores them in batches; results that finish during a
-// write go into the next one (group commit).
+// The result writer: buffers finished results and stores them in statements bounded in rows and bytes, so a
+// write always makes progress. Results that finish during a write go into the next one (group commit).
 
+import type { Hold } from "./budget.ts";
 import { errorCode } from "./errors.ts";
-import type { ResponseRow } from "./queue.ts";
+import type { Queue, ResponseRow } from "./queue.ts";
 import { backoffMs, Timers } from "./timers.ts";
 
-// Rows stored per write statement; a larger backlog of results is written in several statements. Measured,
-// 10,000 requests to a local target: 139 claim and 157 write statements (about 64 rows a write, 3 statements
-// per 100 requests); one request at a time, a write carries one row (commit→stored p50 0.85 ms, p99 7.5 ms).
-const WRITE_BATCH = 1000;
+// Rows stored per write statement at most; bytes are bounded by --max-write-size. Measured, 10,000 requests to a
+// local target: 139 claim and 157 write statements (about 64 rows a write, 3 statements per 100 requests); one
+// request at a time, a write carries one row.
+const WRITE_ROWS = 1000;
 
 // SQLSTATEs meaning schema net, or part of it, is not there: undefined_table, invalid_schema_name,
 // undefined_function, undefined_column, undefined_object
 export const SCHEMA_MISSING = new Set(["42P01", "3F000", "42883", "42703", "42704"]);
 
+// Failures caused by the data of some row, which retrying cannot fix: data exceptions (22: invalid text, values
+// out of range), integrity violations (23: a constraint the owner added), program limits (54: jsonb or row
+// size), and errors raised by a trigger (P0, 2F, 38, 39). Anything else (the connection, a restart, a lock or
+// statement timeout, permissions) is the database's state, not the data's: retried as it is.
+const DATA_CLASSES = new Set(["22", "23", "54", "P0", "2F", "38", "39"]);
+const LOCK_NOT_AVAILABLE = "55P03";
+
+/** A result on its way to the database, with the memory it holds until it is stored. */
+interface Item {
+  row: ResponseRow;
+  hold: Hold | null;
+  /** bytes it adds to a write statement */
+  bytes: number;
+}
+
 export interface WriterOptions {
-  store(results: readonly ResponseRow[]): Promise<void>;
+  /** the queue to write through; replaced when the worker reconnects */
+  queue(): Queue;
+  maxWriteBytes(): number;
   /** a write failed; `message` says what happens next */
   onFail(message: string, error: unknown): void;
-  /** a batch was stored */
-  onStored(results: readonly ResponseRow[]): void;
+  /** rows were stored */
+  onStored(rows: readonly ResponseRow[]): void;
 }
 
 export class Writer {
   readonly #options: WriterOptions;
   readonly #timers = new Timers();
-  #pending: ResponseRow[] = [];
+  #pending: Item[] = [];
+  /** results whose queue row another session holds locked: retried one at a time, apart from the rest */
+  #locked: Item[] = [];
   #writing: Promise<void> | null = null;
-  #stopping = false;
+  #deadline = Number.POSITIVE_INFINITY;
   #lost = 0;
 
   constructor(options: WriterOptions) {
@@ -35,63 +55,164 @@ export class Writer {
   }
 
   /** results waiting to be stored */
-  get pending(): readonly ResponseRow[] {
-    return this.#pending;
+  get pending(): number {
+    return this.#pending.length + this.#locked.length;
   }
 
-  /** results given up during shutdown because they could not be stored */
+  /** ids of results waiting to be stored (their leases are renewed until they are) */
+  ids(): string[] {
+    return [...this.#pending, ...this.#locked].map((item) => item.row.id);
+  }
+
+  /** results given up: at shutdown, or because even an error row for them could not be stored */
   get lost(): number {
     return this.#lost;
   }
 
   get busy(): boolean {
-    return this.#writing !== null || this.#pending.length > 0;
+    return this.#writing !== null || this.pending > 0;
   }
 
-  push(result: ResponseRow): void {
-    this.#pending.push(result);
+  push(row: ResponseRow, hold: Hold | null = null): void {
+    this.#pending.push({ row, hold, bytes: rowBytes(row) });
     this.#writing ??= this.#flush();
   }
 
   /** Resolves once every result pushed so far is stored (or given up during shutdown). */
   async drained(): Promise<void> {
-    while (this.busy) await (this.#writing ?? (this.#writing = this.#flush()));
+    while (this.busy) await (this.#writing ??= this.#flush());
   }
 
-  /** Stops retrying: a last flush runs, and a failing write is given up after three attempts. */
-  async stop(): Promise<void> {
-    this.#stopping = true;
+  /** Keeps retrying until `deadline` (Date.now() ms), then gives up what is left, saying so. */
+  async stop(deadline: number): Promise<void> {
+    this.#deadline = deadline;
     await this.drained();
     this.#timers.clear();
   }
 
   async #flush(): Promise<void> {
-    let attempt = 0;
+    let failures = 0;
     try {
-      while (this.#pending.length > 0) {
-        const batch = this.#pending.splice(0, WRITE_BATCH);
-        try {
-          await this.#options.store(batch);
-          attempt = 0;
-          this.#options.onStored(batch);
-        } catch (error) {
-          if (SCHEMA_MISSING.has(errorCode(error) ?? "")) {
-            // their queue rows went with the schema; a new install restarts ids at 1, so never store them there
-            this.#options.onFail(`schema net is gone: dropping ${batch.length} results of requests it held`, error);
-            continue;
-          }
-          this.#pending.unshift(...batch);
-          this.#options.onFail("cannot store responses", error);
-          if (this.#stopping && attempt >= 3) {
-            this.#lost += this.#pending.length;
-            this.#pending = [];
-            return;
-          }
-          await this.#timers.sleep(backoffMs(attempt++));
+      while (this.pending > 0) {
+        const batch = this.#pending.length > 0 ? this.#take() : [this.#locked.shift()!];
+        const retry = await this.#write(batch);
+        if (retry.length === 0) {
+          failures = 0;
+          continue;
         }
+        this.#pending.unshift(...retry);
+        if (Date.now() + 100 >= this.#deadline) {
+          this.#giveUp();
+          return;
+        }
+        await this.#timers.sleep(Math.min(backoffMs(failures++), Math.max(0, this.#deadline - Date.now())));
       }
     } finally {
       this.#writing = null;
     }
   }
+
+  /** The next statement's rows: up to WRITE_ROWS and --max-write-size; a result larger than that goes alone. */
+  #take(): Item[] {
+    const limit = this.#options.maxWriteBytes();
+    let bytes = 0;
+    let count = 0;
+    for (const item of this.#pending) {
+      if (count === WRITE_ROWS || (count > 0 && bytes + item.bytes > limit)) break;
+      bytes += item.bytes;
+      count++;
+    }
+    return this.#pending.splice(0, count);
+  }
+
+  /**
+   * Writes `batch`, splitting it when a row's data is refused, until each refused row is found and stored as an
+   * error row saying why. Returns what has to be retried as it is (the database is unavailable).
+   */
+  async #write(batch: Item[]): Promise<Item[]> {
+    const queue = this.#options.queue();
+    try {
+      const rows = batch.map((item) => item.row);
+      const bytes = batch.reduce((sum, item) => sum + item.bytes, 0);
+      if (bytes / batch.length > 4096) await queue.storeRows(rows);
+      else await queue.store(rows);
+    } catch (error) {
+      const code = errorCode(error) ?? "";
+      if (SCHEMA_MISSING.has(code)) {
+        // their queue rows went with the schema; a new install restarts ids at 1, so never store them there
+        this.#options.onFail(`schema net is gone: dropping ${batch.length} results of requests it held`, error);
+        this.#done(batch);
+        return [];
+      }
+      const refused = DATA_CLASSES.has(code.slice(0, 2));
+      if (batch.length > 1 && (refused || code === LOCK_NOT_AVAILABLE)) {
+        const half = Math.ceil(batch.length / 2);
+        return [...await this.#write(batch.slice(0, half)), ...await this.#write(batch.slice(half))];
+      }
+      if (code === LOCK_NOT_AVAILABLE) {
+        this.#options.onFail(`request ${batch[0]!.row.id}'s queue row is locked by another session: retrying`, error);
+        this.#locked.push(batch[0]!);
+        return [];
+      }
+      if (!refused) {
+        this.#options.onFail("cannot store responses: retrying", error);
+        return batch;
+      }
+      return await this.#storeRefused(batch[0]!, error);
+    }
+    this.#done(batch);
+    this.#options.onStored(batch.map((item) => item.row));
+    return [];
+  }
+
+  /** The database refused this result's data: store an error row that says why instead. */
+  async #storeRefused(item: Item, cause: unknown): Promise<Item[]> {
+    const message = `The response could not be stored: ${(cause as Error).message} (SQLSTATE ${errorCode(cause)})`;
+    this.#options.onFail(`request ${item.row.id}: response refused by the database, storing an error row`, cause);
+    const row: ResponseRow = {
+      id: item.row.id,
+      status_code: null,
+      content_type: null,
+      headers: null,
+      content: null,
+      timed_out: false,
+      error_msg: message,
+    };
+    try {
+      await this.#options.queue().storeRows([row]);
+    } catch (error) {
+      if (!DATA_CLASSES.has((errorCode(error) ?? "").slice(0, 2))) return [{ ...item, row, bytes: rowBytes(row) }];
+      this.#lost++;
+      this.#options.onFail(`request ${item.row.id}: even an error row was refused; its result is lost`, error);
+      this.#done([item]);
+      return [];
+    }
+    this.#done([item]);
+    this.#options.onStored([row]);
+    return [];
+  }
+
+  #done(items: Item[]): void {
+    for (const item of items) item.hold?.release();
+  }
+
+  #giveUp(): void {
+    const items = [...this.#pending, ...this.#locked];
+    this.#pending = [];
+    this.#locked = [];
+    this.#lost += items.length;
+    const ids = items.map((item) => item.row.id);
+    this.#options.onFail(
+      `shutting down with ${ids.length} results not stored; their requests stay queued and will be sent again`,
+      new Error(`request ids ${ids.slice(0, 20).join(", ")}${ids.length > 20 ? ", …" : ""}`),
+    );
+    this.#done(items);
+  }
+}
+
+/** What a row adds to a write statement, roughly: its body and headers, and a little for the rest. */
+function rowBytes(row: ResponseRow): number {
+  let bytes = 128 + (row.content?.length ?? 0) + (row.error_msg?.length ?? 0);
+  if (row.headers) { for (const name in row.headers) bytes += name.length + row.headers[name]!.length + 6; }
+  return bytes;
 }

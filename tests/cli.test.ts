@@ -5,6 +5,7 @@ import { existsSync } from "node:fs";
 import { createServer } from "node:net";
 import { join } from "node:path";
 import { freePort } from "../src/embedded.ts";
+import { LATEST_VERSION } from "../src/migrations.ts";
 import { createDatabase, type TestDatabase } from "./helpers/cluster.ts";
 import { cleanEnv, emptyDir, PgnetProcess, ROOT, runPgnet } from "./helpers/binary.ts";
 import { Fixture } from "./helpers/fixture.ts";
@@ -95,12 +96,17 @@ describe("commands", () => {
   test("install, status and uninstall --yes manage schema net", async () => {
     const install = runPgnet(["install", "--database", db.url]);
     expect(install.code).toBe(0);
-    expect(install.stderr).toContain("installed schema net version=1");
+    expect(install.stderr).toContain(`installed schema net version=${LATEST_VERSION}`);
     expect(runPgnet(["install", "--database", db.url]).stderr).toContain("schema net is up to date");
     const status = runPgnet(["status", "--database", db.url]);
     expect(status.code).toBe(0);
     const report = JSON.parse(status.stdout);
-    expect(report).toMatchObject({ installedVersion: 1, queue: { queued: 0 }, responses: { stored: 0 }, workers: [] });
+    expect(report).toMatchObject({
+      installedVersion: LATEST_VERSION,
+      queue: { ready: 0, claimed: 0 },
+      responses: { estimated: "0" },
+      workers: [],
+    });
     expect(status.stdout).not.toContain(db.url.split("@")[0]!.split(":")[2]!); // no password
     const removed = runPgnet(["uninstall", "--yes", "--database", db.url]);
     expect(removed.code).toBe(0);
@@ -118,8 +124,12 @@ describe("commands", () => {
     });
     const result = runPgnet(["install", "--database", db.name], { env });
     expect(result.code).toBe(0);
-    expect(runPgnet(["status"], { env: { ...env, PGDATABASE: db.name } }).stdout).toContain('"installedVersion": 1');
-    expect(runPgnet(["status"], { env: cleanEnv({ DATABASE_URL: db.url }) }).stdout).toContain('"installedVersion": 1');
+    expect(runPgnet(["status"], { env: { ...env, PGDATABASE: db.name } }).stdout).toContain(
+      `"installedVersion": ${LATEST_VERSION}`,
+    );
+    expect(runPgnet(["status"], { env: cleanEnv({ DATABASE_URL: db.url }) }).stdout).toContain(
+      `"installedVersion": ${LATEST_VERSION}`,
+    );
   });
 });
 

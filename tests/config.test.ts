@@ -26,6 +26,12 @@ test("defaults apply when nothing is set", () => {
     leaseMs: 60000,
     shutdownTimeoutMs: 30000,
     maxResponseBytes: 64 * 1024 * 1024,
+    maxRequestBytes: 64 * 1024 * 1024,
+    memoryBudgetBytes: 256 * 1024 * 1024,
+    maxWriteBytes: 4 * 1024 * 1024,
+    maxAttempts: 5,
+    lockTimeoutMs: 5000,
+    statementTimeoutMs: 60000,
   });
   expect(new Set(Object.values(sources))).toEqual(new Set(["default"]));
 });

@@ -64,7 +64,8 @@ function deliveries(requests: Received[]): Map<string, number> {
 test(
   "kill -9 with 1,000 requests in flight: the next process re-runs exactly those, each id answered once",
   async () => {
-    const path = "/delay/3000";
+    // long enough that none of the first 1,000 is answered before the last of them arrives
+    const path = "/delay/8000";
     const first = pgnet("--concurrency", "1000", "--lease", "2s");
     await first.waitForLine(/worker started/);
     const ids = await enqueue(path, 1200);
@@ -218,16 +219,23 @@ test("the whole window is in flight at once: 600 slow requests reach the target 
   const proc = pgnet("--concurrency", "600");
   try {
     await proc.waitForLine(/worker started/);
-    await db.sql`select net.http_get(${fixture.url("/delay/1500")}) from generate_series(1, 600)`;
+    const ids =
+      (await db.sql`select net.http_get(${
+        fixture.url("/delay/5000")
+      }, timeout_milliseconds => 30000) as id from generate_series(1, 600)`)
+        .map((r) => r.id as string);
     // Bun's fetch would run 256 at a time; node:http is not capped
-    await waitFor(() => fixture.received("/delay/1500").length === 600, 10_000, "600 requests at the fixture");
-    const [{ n }] = await db.sql`select count(*)::int as n from net._http_response` as unknown as [{ n: number }];
-    expect(n).toBeLessThan(600); // all 600 arrived while the first ones were still being answered
+    await waitFor(() => fixture.received("/delay/5000").length === 600, 10_000, "600 requests at the fixture");
+    const [{ n }] = await db.sql`
+      select count(*)::int as n from net._http_response where id = any(${ids}::bigint[])
+    ` as unknown as [{ n: number }];
+    expect(n).toBe(0); // all 600 arrived before the first answer (5 s after it was sent) was stored
+    await drained(ids, 10_000);
     expect(readFileSync(`/proc/${proc.child.pid}/task/${proc.child.pid}/children`, "utf8").trim()).toBe("");
   } finally {
     expect(await proc.stop()).toBe(0);
   }
-});
+}, 30_000);
 
 test("the worker idles with one clear log line while schema net is gone or half there, and resumes after install", async () => {
   const logger = memoryLogger();

@@ -1,6 +1,7 @@
 // The status app in-process (no port): health, status, reload, restart, the token, against a real worker.
 
 import { afterAll, beforeAll, expect, test } from "bun:test";
+import { readQueueDepth } from "../src/queue.ts";
 import { createStatusApp, type StatusDeps } from "../src/status.ts";
 import type { Worker } from "../src/worker.ts";
 import { createDatabase, type TestDatabase } from "./helpers/cluster.ts";
@@ -21,7 +22,7 @@ function app(extra: Partial<StatusDeps> = {}) {
   return createStatusApp({
     worker,
     database: "127.0.0.1:5432/test",
-    queueDepth: async () => (await db.sql`select count(*)::int as n from net.http_request_queue`)[0]!.n,
+    queueDepth: () => readQueueDepth(db.sql),
     ...extra,
   });
 }
@@ -48,7 +49,7 @@ test("GET /status reports version, database, queue depth, counters, settings and
     pgNetApiVersion: "0.20.4",
     database: "127.0.0.1:5432/test",
     worker: { state: "running", connected: true },
-    queueDepth: 1,
+    queue: { ready: 0, readyTruncated: false, claimed: 0, oldestReadySeconds: 0 },
     inFlight: 0,
     counters: { succeeded: 0, failed: 0, timedOut: 0 },
     settings: { batchSize: 200, pollIntervalMs: 200 },

@@ -105,16 +105,23 @@ export class Fixture {
     const [, route = "", arg = ""] = /^\/([^/]*)\/?(.*)$/.exec(request.path) ?? [];
     const { query } = request;
     switch (route) {
-      case "echo":
-        return send({
-          headers: [["Content-Type", "application/json"]],
-          body: JSON.stringify({
-            method: request.method,
-            target: request.target,
-            headers: request.headers,
-            body: request.body.toString("utf8"),
-          }),
-        });
+      case "echo": {
+        // ?delay=ms answers that much later
+        const reply = () =>
+          send({
+            headers: [["Content-Type", "application/json"]],
+            body: JSON.stringify({
+              method: request.method,
+              target: request.target,
+              headers: request.headers,
+              body: request.body.toString("utf8"),
+            }),
+          });
+        const delay = Number(query.get("delay") ?? 0);
+        if (delay > 0) setTimeout(reply, delay);
+        else reply();
+        return;
+      }
       case "status":
         return send({ status: Number(arg), body: Number(arg) === 204 ? "" : `status ${arg}` });
       case "delay":
