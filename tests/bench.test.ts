@@ -23,6 +23,8 @@ test("npm run bench -- --quick --json reports every scenario", () => {
       "head-of-line",
       "backlog",
       "target ceiling",
+      "large:",
+      "latency p50 with",
       "idle statements",
     ]
   ) {
