@@ -50,7 +50,12 @@ async function runCommand(target: Target, options: CliOptions, log: Logger, onFo
   const worker = new Worker({ target, logger: log, flags: options.settings, env: process.env });
   await worker.start();
 
-  const monitor = connect(target, { max: 1, idle_timeout: 30, connect_timeout: 5 });
+  const monitor = connect(target, {
+    max: 1,
+    idle_timeout: 30,
+    connect_timeout: 5,
+    connection: { search_path: "pg_catalog, pg_temp" },
+  });
   let server: Awaited<ReturnType<typeof serve>> | undefined;
   if (options.statusPort !== undefined) {
     const app = createStatusApp({

@@ -6,6 +6,9 @@ import { PgnetError } from "./errors.ts";
 import { LOG_FORMATS, LOG_LEVELS, type LogFormat, type LogLevel } from "./log.ts";
 import { PG_NET_API_VERSION, VERSION } from "./version.ts";
 
+export type Privileges = "pgnet" | "pg_net";
+const PRIVILEGES: readonly Privileges[] = ["pgnet", "pg_net"];
+
 export type Command = "run" | "install" | "uninstall" | "status" | "help" | "version";
 const COMMANDS: readonly Command[] = ["run", "install", "uninstall", "status", "help", "version"];
 
@@ -23,6 +26,8 @@ export interface CliOptions {
   statusPort?: number;
   statusToken?: string;
   unlogged: boolean;
+  /** install: switch to pgnet's privileges or pg_net's; unset keeps what the database has */
+  privileges?: Privileges;
   yes: boolean;
 }
 
@@ -81,6 +86,11 @@ const OPTIONS: Record<string, OptionSpec> = {
     type: "string",
     env: "PGNET_STATUS_TOKEN",
     help: "bearer token for POST /reload and /restart; required off loopback",
+  },
+  privileges: {
+    type: "string",
+    help: "install: pgnet (each role sees and touches only its own requests, the default for new installs) or " +
+      "pg_net (pg_net's grants: every role reads and changes every request and response)",
   },
   unlogged: {
     type: "boolean",
@@ -198,6 +208,10 @@ export function parseCli(argv: string[], env: Record<string, string | undefined>
   }
 
   const database = typeof values.database === "string" ? values.database : undefined;
+  const privileges = values.privileges as string | undefined;
+  if (privileges !== undefined && !PRIVILEGES.includes(privileges as Privileges)) {
+    throw invalid("--privileges", PRIVILEGES.join(" or "), privileges);
+  }
   return {
     command,
     ...(database !== undefined ? { database } : {}),
@@ -210,6 +224,7 @@ export function parseCli(argv: string[], env: Record<string, string | undefined>
     ...(statusPort !== undefined ? { statusPort } : {}),
     ...(statusToken ? { statusToken } : {}),
     unlogged: values.unlogged === true,
+    ...(privileges !== undefined ? { privileges: privileges as Privileges } : {}),
     yes: values.yes === true,
   };
 }

@@ -2,13 +2,14 @@
 
 import type { CliOptions } from "./cli.ts";
 import { connect, describe, type Sql, type Target } from "./db.ts";
-import { install, installedVersion, setUnlogged, uninstall } from "./installer.ts";
+import { install, installedVersion, setPrivileges, setUnlogged, uninstall } from "./installer.ts";
 import { readQueueDepth } from "./queue.ts";
 import type { Logger } from "./log.ts";
 import { VERSION } from "./version.ts";
 
 export async function withSql<T>(target: Target, fn: (sql: Sql) => Promise<T>): Promise<T> {
-  const sql = connect(target, { max: 2, connect_timeout: 10 });
+  // pinned: what pgnet runs resolves to pg_catalog and schema net, whatever the database's search_path says
+  const sql = connect(target, { max: 2, connect_timeout: 10, connection: { search_path: "pg_catalog, pg_temp" } });
   try {
     return await fn(sql);
   } finally {
@@ -20,6 +21,15 @@ export async function installCommand(sql: Sql, options: CliOptions, log: Logger)
   const result = await install(sql);
   if (result.applied.length > 0) log.info("installed schema net", { version: result.version, applied: result.applied });
   else log.info("schema net is up to date", { version: result.version });
+  if (options.privileges) {
+    await setPrivileges(sql, options.privileges);
+    if (options.privileges === "pg_net") {
+      log.warn(
+        "pg_net's privileges: every role can now read every queued request's headers and every response, change " +
+          "or delete any request, and forge responses; pgnet install --privileges pgnet undoes it",
+      );
+    } else log.info("pgnet's privileges: each role sees and touches only its own requests and responses");
+  }
   if (options.unlogged) {
     await setUnlogged(sql);
     log.info("queue and response tables are unlogged: faster, and emptied by a PostgreSQL crash");

@@ -14,10 +14,13 @@ export interface InstallResult {
   version: number;
 }
 
-/** Installs or upgrades schema net. Idempotent and safe to run from several processes at once. */
-export async function install(sql: Sql): Promise<InstallResult> {
+/**
+ * Installs or upgrades schema net. Idempotent and safe to run from several processes at once. `through` stops at
+ * that version (upgrade tests start from an older schema that way).
+ */
+export async function install(sql: Sql, options: { through?: number } = {}): Promise<InstallResult> {
   const applied: number[] = [];
-  for (const migration of MIGRATIONS) {
+  for (const migration of MIGRATIONS.filter((m) => m.version <= (options.through ?? LATEST_VERSION))) {
     await sql.begin(async (tx) => {
       await tx`select pg_advisory_xact_lock(${LOCK_KEY})`;
       const installed = await bootstrap(tx as unknown as Sql);
@@ -30,7 +33,7 @@ export async function install(sql: Sql): Promise<InstallResult> {
       applied.push(migration.version);
     });
   }
-  return { applied, version: LATEST_VERSION };
+  return { applied, version: Math.min(options.through ?? LATEST_VERSION, LATEST_VERSION) };
 }
 
 /** The installed version: 0 when schema net is absent. */
@@ -51,6 +54,14 @@ export async function setUnlogged(sql: Sql): Promise<void> {
     await tx`select pg_advisory_xact_lock(${LOCK_KEY})`;
     await tx`alter table net.http_request_queue set unlogged`;
     await tx`alter table net._http_response set unlogged`;
+  });
+}
+
+/** Switches to pgnet's privileges (each role its own rows) or pg_net's (every role every row): sql/0003. */
+export async function setPrivileges(sql: Sql, mode: "pgnet" | "pg_net"): Promise<void> {
+  await sql.begin(async (tx) => {
+    await tx`select pg_advisory_xact_lock(${LOCK_KEY})`;
+    await tx`select net._set_privileges(${mode}::text)`;
   });
 }
 

@@ -2,6 +2,7 @@
 
 import netApi from "../sql/0001_net_api.sql" with { type: "text" };
 import claimIndexes from "../sql/0002_claim_indexes.sql" with { type: "text" };
+import privileges from "../sql/0003_privileges.sql" with { type: "text" };
 
 export interface Migration {
   version: number;
@@ -12,6 +13,7 @@ export interface Migration {
 export const MIGRATIONS: readonly Migration[] = [
   { version: 1, name: "0001_net_api", text: netApi },
   { version: 2, name: "0002_claim_indexes", text: claimIndexes },
+  { version: 3, name: "0003_privileges", text: privileges },
 ];
 
 export const LATEST_VERSION = MIGRATIONS[MIGRATIONS.length - 1]!.version;

@@ -155,18 +155,24 @@ export class Queue {
     return true;
   }
 
-  /** One statement stores the responses and removes their queue rows; a response already stored wins. */
+  /**
+   * One statement removes the queue rows and stores their responses, each owned by the role that enqueued its
+   * request. A response whose queue row is gone is not stored: the request was cancelled, or another worker
+   * racing at a lease boundary stored it first (the unique index keeps one response per id either way).
+   */
   async store(results: readonly ResponseRow[]): Promise<void> {
     await this.#sql`
       with results as (
         select * from jsonb_to_recordset(${JSON.stringify(results)}::text::jsonb) as r(
           id bigint, status_code int, content_type text, headers jsonb, content text, timed_out bool, error_msg text)
-      ), stored as (
-        insert into net._http_response (id, status_code, content_type, headers, content, timed_out, error_msg)
-        select id, status_code, content_type, headers, content, timed_out, error_msg from results
-        on conflict (id) do nothing
+      ), done as (
+        delete from net.http_request_queue q using results r where q.id = r.id returning q.id, q.enqueued_by
       )
-      delete from net.http_request_queue q using results r where q.id = r.id
+      insert into net._http_response
+             (id, status_code, content_type, headers, content, timed_out, error_msg, enqueued_by)
+      select r.id, r.status_code, r.content_type, r.headers, r.content, r.timed_out, r.error_msg, d.enqueued_by
+        from results r join done d on d.id = r.id
+      on conflict (id) do nothing
     `;
   }
 
@@ -186,12 +192,17 @@ export class Queue {
     });
     params.push(idList(results.map((r) => r.id)));
     await this.#sql.unsafe(
-      `with stored as (
-         insert into net._http_response (id, status_code, content_type, headers, content, timed_out, error_msg)
-         values ${values.join(", ")}
-         on conflict (id) do nothing
+      `with done as (
+         delete from net.http_request_queue
+          where id = any(string_to_array($${params.length}::text, ',')::bigint[])
+         returning id, enqueued_by
        )
-       delete from net.http_request_queue where id = any(string_to_array($${params.length}::text, ',')::bigint[])`,
+       insert into net._http_response
+              (id, status_code, content_type, headers, content, timed_out, error_msg, enqueued_by)
+       select v.*, d.enqueued_by
+         from (values ${values.join(", ")}) v(id, status_code, content_type, headers, content, timed_out, error_msg)
+         join done d on d.id = v.id
+       on conflict (id) do nothing`,
       params,
     );
   }
@@ -215,6 +226,17 @@ export class Queue {
          set claimed_by = null, lease_until = null, attempts = greatest(attempts - 1, 0)
        where id = any(string_to_array(${idList(ids)}::text, ',')::bigint[]) and claimed_by = ${this.#workerId}::text
     `;
+  }
+
+  /** The newest restart request (net.worker_restart() records them), 0 when there is none. */
+  async lastRestartRequest(): Promise<number> {
+    const [row] = await this.#sql<{ id: string }[]>`select coalesce(max(id), 0)::text as id from net._worker_restarts`;
+    return Number(row!.id);
+  }
+
+  /** Forgets restart requests every worker has had a minute to see. */
+  async pruneRestartRequests(): Promise<void> {
+    await this.#sql`delete from net._worker_restarts where requested_at < now() - interval '1 minute'`;
   }
 
   /** Returns requests whose lease ran out (their worker died) to the queue; their attempt stays counted. */

@@ -8,3 +8,5 @@ export const USER_AGENT = `pg_net/${PG_NET_API_VERSION}`;
 export const APPLICATION_NAME = `pgnet ${VERSION}`;
 /** the LISTEN connection shows this; net.check_worker_is_up() and net.wait_until_running() look for it */
 export const WORKER_APPLICATION_NAME = `pgnet ${VERSION} worker`;
+/** the role pgnet's statements run as (created by sql/0003_privileges.sql) */
+export const WORKER_ROLE = "pgnet_worker";

@@ -11,6 +11,7 @@ import { CONTROL_CHANNEL, Listener, WAKE_CHANNEL } from "./listener.ts";
 import type { Logger } from "./log.ts";
 import { type Claimed, Queue, type ResponseRow } from "./queue.ts";
 import { releaseMemory } from "./runtime.ts";
+import { WORKER_ROLE } from "./version.ts";
 import { backoffMs, Timers } from "./timers.ts";
 import { SCHEMA_MISSING, Writer } from "./writer.ts";
 
@@ -46,6 +47,9 @@ export interface WorkerStatus {
   memory: { used: number; budget: number; waiting: number };
 }
 
+/** restarts asked for through net.worker_restart() are at least this far apart */
+const RESTART_INTERVAL_MS = 1000;
+
 // lock_not_available (lock_timeout) and query_canceled (statement_timeout)
 const BLOCKED = new Set(["55P03", "57014"]);
 
@@ -68,7 +72,8 @@ export class Worker {
   #state: WorkerState = "starting";
   #db: Connections | null = null;
   #inFlight = new Set<string>();
-  #pumping = false;
+  /** the claim pass in progress, if any */
+  #pumping: Promise<void> | null = null;
   #wanted = false;
   #backlog = false;
   #failures = 0;
@@ -80,12 +85,18 @@ export class Worker {
   #blocked: WorkerStatus["blocked"] = null;
   #schemaMissing = false;
   #storedSinceCollect = 0;
+  #restartsSeen = 0;
+  #restartPending = false;
+  #lastRestartAt = 0;
 
   constructor(options: WorkerOptions) {
     this.#options = options;
     this.#log = options.logger;
     this.#writer = new Writer({
-      queue: () => this.#db!.queue,
+      queue: () => {
+        if (!this.#db) throw new Error("the worker's connections are closed");
+        return this.#db.queue;
+      },
       maxWriteBytes: () => this.settings.maxWriteBytes,
       onFail: (message, error) => this.#fail(message, error),
       onStored: (rows) => {
@@ -111,6 +122,8 @@ export class Worker {
       if (this.#backlog) this.#kick();
     });
     this.#db = await this.#connect();
+    await this.#checkIdentity(this.#db.sql);
+    this.#restartsSeen = await this.#db.queue.lastRestartRequest().catch(() => 0);
     await this.#reap();
     this.#state = "running";
     this.#kick(); // the listener's catch-up ran before the connections were in place
@@ -202,7 +215,8 @@ export class Worker {
     const { lockTimeoutMs, statementTimeoutMs } = this.settings;
     // names in pgnet's statements are schema-qualified and its parameters cast; the pinned search_path keeps a
     // function or operator someone created in another schema from being picked instead of pg_catalog's
-    const session = { search_path: "pg_catalog, pg_temp" };
+    // and every statement runs as pgnet_worker, whatever role pgnet logged in as (sql/0003_privileges.sql)
+    const session = { search_path: "pg_catalog, pg_temp", role: WORKER_ROLE };
     const sql = connect(target, {
       max: 4,
       connect_timeout: 10,
@@ -217,7 +231,7 @@ export class Worker {
       target,
       connection: session,
       timers: this.#timers,
-      onNotify: (channel, payload) => this.#onNotify(channel, payload),
+      onNotify: (channel) => this.#onNotify(channel),
       onListen: () => {
         this.#progress();
         // catch up: requests queued while nobody was listening, and rows inserted directly into the queue
@@ -235,21 +249,79 @@ export class Worker {
     return { sql, queue: new Queue(sql, this.id), listener };
   }
 
-  #onNotify(channel: string, payload: string): void {
+  /** The payload is not trusted: any role can NOTIFY on these channels. */
+  #onNotify(channel: string): void {
     if (channel === WAKE_CHANNEL) this.#kick();
-    else if (channel === CONTROL_CHANNEL && payload === "restart") {
+    else if (channel === CONTROL_CHANNEL) void this.#restartIfAsked();
+  }
+
+  /**
+   * A NOTIFY on the control channel is only a hint (any role can send one): the worker restarts when
+   * net.worker_restart() recorded a request it has not seen, at most once a second however many arrive.
+   */
+  async #restartIfAsked(): Promise<void> {
+    if (!this.#db || this.#stopping) return;
+    let latest: number;
+    try {
+      latest = await this.#db.queue.lastRestartRequest();
+    } catch (error) {
+      return this.#fail("cannot read restart requests", error);
+    }
+    if (latest <= this.#restartsSeen) return;
+    this.#restartsSeen = latest;
+    if (this.#restartPending) return;
+    this.#restartPending = true;
+    // the slot is taken now, so requests arriving meanwhile fold into this restart or the next one
+    const at = Math.max(Date.now(), this.#lastRestartAt + RESTART_INTERVAL_MS);
+    this.#lastRestartAt = at;
+    this.#timers.after(at - Date.now(), () => {
+      this.#restartPending = false;
       this.restart().catch((error) => this.#fail("restart failed", error));
+      this.#db?.queue.pruneRestartRequests().catch(() => {});
+    });
+  }
+
+  /** Says which role pgnet's statements run as, and warns where the setup weakens the privilege model. */
+  async #checkIdentity(sql: Sql): Promise<void> {
+    const [who] = await sql<
+      { current: string; login: string; superuser: boolean; owner: string; owner_super: boolean; rls: boolean }[]
+    >`
+      select current_user as current, session_user as login,
+             (select rolsuper from pg_catalog.pg_roles where rolname = session_user) as superuser,
+             c.relowner::regrole::text as owner,
+             (select rolsuper from pg_catalog.pg_roles where oid = c.relowner) as owner_super,
+             c.relrowsecurity as rls
+        from pg_catalog.pg_class c
+       where c.oid = pg_catalog.to_regclass('net.http_request_queue')
+    `;
+    if (!who) return; // schema net is not there (yet): the pump says so
+    this.#log.info(`statements run as ${who.current}`, { login: who.login, superuser: who.superuser });
+    if (who.superuser && !who.owner_super) {
+      this.#log.warn(
+        `pgnet logs in as the superuser ${who.login}: its statements run as ${who.current}, but code that the owner ` +
+          `of schema net (${who.owner}) adds to its tables could switch back; log in as a role that is not a ` +
+          "superuser and is a member of pgnet_worker",
+      );
+    }
+    if (!who.rls) {
+      this.#log.warn(
+        "pg_net's privileges are in force (pgnet install --privileges pg_net): every role can read and change every " +
+          "request and response; pgnet install --privileges pgnet restores pgnet's",
+      );
     }
   }
 
   /** Asks for a claim pass; passes never overlap, and one asked for during a pass runs right after it. */
   #kick(): void {
     this.#wanted = true;
-    if (!this.#pumping && !this.#stopping && this.#db) void this.#pump();
+    if (!this.#pumping && !this.#stopping && this.#db) {
+      this.#pumping = this.#pump().finally(() => {
+        this.#pumping = null;
+      });
+    }
   }
 
   async #pump(): Promise<void> {
-    this.#pumping = true;
     try {
       while (this.#wanted && !this.#stopping) {
         this.#wanted = false;
@@ -286,8 +358,6 @@ export class Worker {
         this.#fail("cannot claim requests", error);
         this.#timers.after(backoffMs(this.#failures++), () => this.#kick());
       }
-    } finally {
-      this.#pumping = false;
     }
   }
 
@@ -393,6 +463,7 @@ export class Worker {
     this.#state = "stopping";
     this.#timers.clear();
     const deadline = Date.now() + timeoutMs;
+    await this.#pumping; // a claim under way: what it claims is in flight, finished or given back below
     while (this.#inFlight.size > 0 && Date.now() < deadline) {
       await new Promise((r) => setTimeout(r, Math.min(20, deadline - Date.now())));
     }

@@ -31,7 +31,7 @@ interface Item {
 }
 
 export interface WriterOptions {
-  /** the queue to write through; replaced when the worker reconnects */
+  /** the queue to write through (replaced when the worker reconnects); throws while there is none */
   queue(): Queue;
   maxWriteBytes(): number;
   /** a write failed; `message` says what happens next */

@@ -166,7 +166,7 @@ test("a connection whose first query fails cannot crash pgnet (postgres.js inter
   // statement_timeout = 1ms cancels the first query of every session of this role
   const password = decodeURIComponent(new URL(db.url).password);
   await db.sql.unsafe(
-    `create role pgnet_hasty login password '${password}'; alter role pgnet_hasty set statement_timeout = '1ms'`,
+    `create role pgnet_hasty login password '${password}' in role pgnet_worker; alter role pgnet_hasty set statement_timeout = '1ms'`,
   );
   const url = Object.assign(new URL(db.url), { username: "pgnet_hasty" }).toString();
   let unhandled = 0;

@@ -54,8 +54,9 @@ describe("signatures", () => {
     `;
     const actual = Object.fromEntries(rows.map((r) => [r.name, [r.args, r.result]]));
     expect(actual).toEqual(expected);
-    // none is SECURITY DEFINER; _urlencode_string and _encode_url_with_params_array are immutable, as in pg_net
-    expect(rows.filter((r) => r.definer)).toEqual([]);
+    // only worker_restart is SECURITY DEFINER (it records the request where callers cannot write: sql/0003);
+    // _urlencode_string and _encode_url_with_params_array are immutable, as in pg_net
+    expect(rows.filter((r) => r.definer).map((r) => r.name)).toEqual(["worker_restart"]);
     const immutable = rows.filter((r) => r.volatility === "i").map((r) => r.name).sort();
     expect(immutable).toEqual(["_encode_url_with_params_array", "_urlencode_string"]);
   });
@@ -83,6 +84,7 @@ describe("signatures", () => {
       "timed_out boolean",
       "error_msg text",
       "created timestamp with time zone",
+      "enqueued_by name", // pgnet's: the role the response belongs to
     ]);
   });
 
