@@ -10,6 +10,8 @@ import { EmbeddedPostgres } from "./src/embedded.ts";
 import { coerceError, errorCode, PgnetError } from "./src/errors.ts";
 import { createLogger, type Logger } from "./src/log.ts";
 import { serve } from "./src/runtime.ts";
+import { EgressPolicy } from "./src/egress.ts";
+import { createAgents } from "./src/http.ts";
 import { readQueueDepth } from "./src/queue.ts";
 import { createStatusApp } from "./src/status.ts";
 import { PG_NET_API_VERSION, VERSION } from "./src/version.ts";
@@ -47,7 +49,16 @@ function openTarget(options: CliOptions, log: Logger): { target: Target; close()
 /** Runs until a signal. `onForcedExit` cleans up before a second signal ends the process without unwinding. */
 async function runCommand(target: Target, options: CliOptions, log: Logger, onForcedExit: () => void): Promise<number> {
   await withSql(target, (sql) => installCommand(sql, options, log));
-  const worker = new Worker({ target, logger: log, flags: options.settings, env: process.env });
+  const { preset, allow, deny, allowInsecureRedirects } = options.egress;
+  const worker = new Worker({
+    target,
+    logger: log,
+    flags: options.settings,
+    env: process.env,
+    egress: new EgressPolicy({ preset, allow, deny }),
+    allowInsecureRedirects,
+    ...(options.ca ? { agents: createAgents({ ca: options.ca }) } : {}),
+  });
   await worker.start();
 
   const monitor = connect(target, {
@@ -62,9 +73,14 @@ async function runCommand(target: Target, options: CliOptions, log: Logger, onFo
       worker,
       database: describe(monitor),
       ...(options.statusToken ? { token: options.statusToken } : {}),
+      listener: options.statusHost,
       queueDepth: () => readQueueDepth(monitor),
     });
     server = await serve(app.fetch, { hostname: options.statusHost, port: options.statusPort });
+    // requests may never reach pgnet's own status server
+    worker.useEgressPolicy(
+      new EgressPolicy({ preset, allow, deny, self: [{ host: options.statusHost, port: server.port }] }),
+    );
     const host = options.statusHost.includes(":") ? `[${options.statusHost}]` : options.statusHost;
     log.info("status server listening", { url: `http://${host}:${server.port}/` });
   }

@@ -9,7 +9,8 @@ import { dirname, join, resolve } from "node:path";
 import { parseArgs } from "node:util";
 import { connect, type Sql } from "../src/db.ts";
 import { EmbeddedPostgres, freePort } from "../src/embedded.ts";
-import { performRequest } from "../src/http.ts";
+import { EgressPolicy, guardedResolve } from "../src/egress.ts";
+import { performRequest, systemResolve } from "../src/http.ts";
 import { install, setUnlogged } from "../src/installer.ts";
 
 const ROOT = resolve(dirname(new URL(import.meta.url).pathname), "..");
@@ -298,16 +299,24 @@ async function backlog(ctx: Context, n: number): Promise<{ rate: number; rssMb: 
   }
 }
 
-/** The ceiling: pgnet's HTTP client alone (no database), from this process, with pgnet's default window. */
-async function ceiling(target: string, n: number, window: number): Promise<number> {
+/**
+ * The ceiling: pgnet's HTTP client alone (no database), from this process, with pgnet's default window; with
+ * `policy`, every request goes through the egress policy's resolver, as in the worker.
+ */
+async function ceiling(target: string, n: number, window: number, policy?: EgressPolicy): Promise<number> {
+  const options = {
+    maxResponseBytes: 1 << 20,
+    ...(policy ? { resolve: guardedResolve(policy, systemResolve) } : {}),
+  };
   let next = 0;
   const started = performance.now();
   await Promise.all(Array.from({ length: window }, async () => {
     while (next < n) {
       const id = String(++next);
-      await performRequest({ id, method: "GET", url: `${target}/fast`, headers: {}, body: null, timeoutMs: 5000 }, {
-        maxResponseBytes: 1 << 20,
-      });
+      await performRequest(
+        { id, method: "GET", url: `${target}/fast`, headers: {}, body: null, timeoutMs: 5000 },
+        options,
+      );
     }
   }));
   return n / ((performance.now() - started) / 1000);
@@ -450,6 +459,15 @@ async function main(): Promise<void> {
       report(
         `target ceiling, pgnet's HTTP client, window ${window} (req/s)`,
         await repeat(() => ceiling(target, quick ? 5000 : 100_000, window)),
+      );
+      // the default policy plus a deny list, with pgnet's own status port: what the worker checks per request
+      const policy = new EgressPolicy({
+        deny: ["10.0.0.0/8", "*.internal.example"],
+        self: [{ host: "127.0.0.1", port: 8787 }],
+      });
+      report(
+        `target ceiling with the egress policy (req/s)`,
+        await repeat(() => ceiling(target, quick ? 5000 : 100_000, window, policy)),
       );
     }
     if (only.has("idle")) report("idle statements per 5 s poll", await idleStatements(ctx, quick ? 10 : 30));

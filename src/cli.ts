@@ -1,10 +1,19 @@
 // The command line: commands, flags, environment variables and --help. Parsing only; main.ts acts on it.
 
+import { readFileSync } from "node:fs";
 import { parseArgs } from "node:util";
 import { type SettingFlag, SETTINGS, type SettingValues } from "./config.ts";
+import type { EgressPolicyOptions, EgressPreset } from "./egress.ts";
+import { EgressPolicy } from "./egress.ts";
 import { PgnetError } from "./errors.ts";
 import { LOG_FORMATS, LOG_LEVELS, type LogFormat, type LogLevel } from "./log.ts";
 import { PG_NET_API_VERSION, VERSION } from "./version.ts";
+
+/** The egress policy as given (pgnet's own status listener is added once it listens). */
+export interface EgressOptions extends Required<Pick<EgressPolicyOptions, "allow" | "deny">> {
+  preset: EgressPreset;
+  allowInsecureRedirects: boolean;
+}
 
 export type Privileges = "pgnet" | "pg_net";
 const PRIVILEGES: readonly Privileges[] = ["pgnet", "pg_net"];
@@ -26,6 +35,9 @@ export interface CliOptions {
   statusPort?: number;
   statusToken?: string;
   unlogged: boolean;
+  egress: EgressOptions;
+  /** --ca-file: extra certificate authorities (PEM text) */
+  ca?: string;
   /** install: switch to pgnet's privileges or pg_net's; unset keeps what the database has */
   privileges?: Privileges;
   yes: boolean;
@@ -87,6 +99,33 @@ const OPTIONS: Record<string, OptionSpec> = {
     env: "PGNET_STATUS_TOKEN",
     help: "bearer token for POST /reload and /restart; required off loopback",
   },
+  egress: {
+    type: "string",
+    env: "PGNET_EGRESS",
+    default: "default",
+    help: "egress policy preset: default (denies link-local, cloud metadata, unspecified, multicast and pgnet's own " +
+      "status server) or public (also loopback, private, CGNAT and unique-local ranges)",
+  },
+  "egress-allow": {
+    type: "string",
+    env: "PGNET_EGRESS_ALLOW",
+    help: "comma-separated CIDRs, addresses, host names or *.suffix, each with an optional :port, to allow",
+  },
+  "egress-deny": {
+    type: "string",
+    env: "PGNET_EGRESS_DENY",
+    help: "the same, to deny; the most specific entry wins, and deny wins a tie",
+  },
+  "ca-file": {
+    type: "string",
+    env: "PGNET_CA_FILE",
+    help: "PEM file of certificate authorities to trust for https, in addition to the system's (private CAs)",
+  },
+  "allow-insecure-redirects": {
+    type: "boolean",
+    env: "PGNET_ALLOW_INSECURE_REDIRECTS",
+    help: "follow redirects from https to http (refused by default)",
+  },
   privileges: {
     type: "string",
     help: "install: pgnet (each role sees and touches only its own requests, the default for new installs) or " +
@@ -137,6 +176,14 @@ function port(name: string, value: string, allowOff: boolean): number | undefine
     throw invalid(name, `a port from 0 to 65535${allowOff ? ' or "off"' : ""}`, value);
   }
   return Number(value);
+}
+
+/** A boolean environment variable: unset or empty is false; 1/true/yes and 0/false/no, any case. */
+function flag(name: string, value: string | undefined): boolean {
+  if (value === undefined || value === "") return false;
+  if (/^(1|true|yes)$/i.test(value)) return true;
+  if (/^(0|false|no)$/i.test(value)) return false;
+  throw invalid(name, "1, true, yes, 0, false or no", value);
 }
 
 export function isLoopback(host: string): boolean {
@@ -207,6 +254,34 @@ export function parseCli(argv: string[], env: Record<string, string | undefined>
     );
   }
 
+  const egressPreset = get("egress")!;
+  if (egressPreset !== "default" && egressPreset !== "public") {
+    throw invalid(origin("egress"), "default or public", egressPreset);
+  }
+  const list = (name: string) => {
+    const text = get(name);
+    return text === undefined ? [] : EgressPolicy.parseList(text, origin(name));
+  };
+  const insecure = values["allow-insecure-redirects"] === true ||
+    flag(origin("allow-insecure-redirects"), env.PGNET_ALLOW_INSECURE_REDIRECTS);
+  const egress: EgressOptions = {
+    preset: egressPreset,
+    allow: list("egress-allow"),
+    deny: list("egress-deny"),
+    allowInsecureRedirects: insecure,
+  };
+  const caFile = get("ca-file");
+  let ca: string | undefined;
+  if (caFile !== undefined) {
+    try {
+      ca = readFileSync(caFile, "utf8");
+    } catch (error) {
+      throw invalid(origin("ca-file"), "a readable PEM file", `${caFile} (${(error as Error).message})`);
+    }
+    if (!ca.includes("-----BEGIN CERTIFICATE-----")) {
+      throw invalid(origin("ca-file"), "a PEM file of certificates", caFile);
+    }
+  }
   const database = typeof values.database === "string" ? values.database : undefined;
   const privileges = values.privileges as string | undefined;
   if (privileges !== undefined && !PRIVILEGES.includes(privileges as Privileges)) {
@@ -224,6 +299,8 @@ export function parseCli(argv: string[], env: Record<string, string | undefined>
     ...(statusPort !== undefined ? { statusPort } : {}),
     ...(statusToken ? { statusToken } : {}),
     unlogged: values.unlogged === true,
+    egress,
+    ...(ca !== undefined ? { ca } : {}),
     ...(privileges !== undefined ? { privileges: privileges as Privileges } : {}),
     yes: values.yes === true,
   };

@@ -10,6 +10,7 @@ import { lookup } from "node:dns/promises";
 import http, { type IncomingMessage } from "node:http";
 import https from "node:https";
 import { isIP, type LookupFunction } from "node:net";
+import tls from "node:tls";
 import { describeError, ERRORS, RequestError, type Stage, timeoutMessage, type Timings } from "./libcurl.ts";
 import type { QueuedRequest, ResponseRow } from "./queue.ts";
 import { USER_AGENT } from "./version.ts";
@@ -38,6 +39,8 @@ export interface HttpOptions {
   room?: BodyRoom;
   /** keep-alive connection pools; shared ones by default */
   agents?: Agents;
+  /** follow a redirect from https to http (refused by default) */
+  allowInsecureRedirects?: boolean;
 }
 
 export interface Agents {
@@ -53,18 +56,28 @@ const TOKEN = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
 // header values may hold any byte but CR, LF and NUL (RFC 9110 §5.5)
 const BAD_VALUE = /[\r\n\0]/;
 const MAX_TIMEOUT_MS = 2_147_483_647; // setTimeout's ceiling; timeout_milliseconds is an int4 anyway
+/** The caller's headers that still go along when a redirect leads to another origin. */
+export const CROSS_ORIGIN_HEADERS: ReadonlySet<string> = new Set([
+  "accept",
+  "accept-language",
+  "content-language",
+  "content-type",
+  "user-agent",
+  REQUEST_ID_HEADER.toLowerCase(),
+]);
 // methods that announce an empty body with Content-Length: 0, as libcurl does for POST
 const BODY_METHODS = new Set(["POST", "PUT", "PATCH"]);
 
 let sharedAgents: Agents | undefined;
 
-/** Keep-alive pools with no per-host cap of their own: the worker's window is the limit. */
+/**
+ * Keep-alive pools with no per-host cap of their own: the worker's window is the limit. `ca` adds certificate
+ * authorities (PEM) to the runtime's own roots, for internal services with a private CA (--ca-file).
+ */
 export function createAgents(options: { ca?: string | Buffer } = {}): Agents {
   const common = { keepAlive: true, maxSockets: Infinity, maxFreeSockets: 1024 };
-  return {
-    http: new http.Agent(common),
-    https: new https.Agent({ ...common, ...(options.ca ? { ca: options.ca } : {}) }),
-  };
+  const ca = options.ca ? { ca: [...tls.rootCertificates, options.ca.toString()] } : {};
+  return { http: new http.Agent(common), https: new https.Agent({ ...common, ...ca }) };
 }
 
 const LOOPBACK: Address[] = [{ address: "127.0.0.1", family: 4 }, { address: "::1", family: 6 }];
@@ -166,6 +179,11 @@ async function exchange(request: QueuedRequest, options: HttpOptions, attempt: A
       throw new RequestError(ERRORS.badUrl);
     }
     if (next.protocol !== "http:" && next.protocol !== "https:") throw new RequestError(ERRORS.protocol);
+    if (url.protocol === "https:" && next.protocol === "http:" && !options.allowInsecureRedirects) {
+      throw new RequestError(
+        `Redirect from https to http refused: ${next.origin} (pgnet --allow-insecure-redirects follows such redirects)`,
+      );
+    }
     // libcurl's rules: POST becomes GET on 301/302/303; a custom method (DELETE) is kept; 307/308 keep the body
     const status = response.statusCode!;
     if (status !== 307 && status !== 308) {
@@ -173,10 +191,12 @@ async function exchange(request: QueuedRequest, options: HttpOptions, attempt: A
       body = null;
       removeHeader(headers, "content-type");
     }
-    // credentials are not forwarded to another host, port or scheme (curl ≥ 7.83)
+    // another host, port or scheme gets only the headers known to carry no credentials (curl ≥ 7.83 drops
+    // Authorization and Cookie; an API key can travel in any header, so every other header is dropped too)
     if (next.origin !== url.origin) {
-      removeHeader(headers, "authorization");
-      removeHeader(headers, "cookie");
+      for (let i = headers.length - 1; i >= 0; i--) {
+        if (!CROSS_ORIGIN_HEADERS.has(headers[i]![0].toLowerCase())) headers.splice(i, 1);
+      }
     }
     url = next;
   }

@@ -1,6 +1,8 @@
 // The status server: health for load balancers, status JSON, reload and restart. A pure hono app factory.
 
 import { Hono } from "hono";
+import { createHash, timingSafeEqual } from "node:crypto";
+import { isIP } from "node:net";
 import { coerceError } from "./errors.ts";
 import type { QueueDepth } from "./queue.ts";
 import type { WorkerStatus } from "./worker.ts";
@@ -16,9 +18,24 @@ export interface StatusDeps {
   queueDepth(): Promise<QueueDepth>;
   /** where the worker connects, without credentials */
   database: string;
-  /** when set, POST routes need `Authorization: Bearer <token>` */
+  /** when set, GET /status and the POST routes need `Authorization: Bearer <token>` */
   token?: string;
+  /** the address or name the server listens on (--status-host): a Host header naming it is accepted */
+  listener?: string;
   now?: () => number;
+}
+
+const digest = (text: string) => createHash("sha256").update(text).digest();
+
+/**
+ * Whether a Host header may reach the routes beyond /health. An IP literal or localhost cannot be a DNS name an
+ * attacker rebinds to 127.0.0.1 (a page in a browser on this host reading /status), and neither can the name
+ * pgnet was told to listen on; any other name is refused.
+ */
+export function acceptableHost(host: string | undefined, listener: string | undefined): boolean {
+  if (!host) return false;
+  const name = (host.startsWith("[") ? host.slice(1, host.indexOf("]")) : host.replace(/:\d+$/, "")).toLowerCase();
+  return isIP(name) !== 0 || name === "localhost" || (listener !== undefined && name === listener.toLowerCase());
 }
 
 /**
@@ -32,6 +49,22 @@ export function healthWindowMs(pollIntervalMs: number): number {
 export function createStatusApp(deps: StatusDeps): Hono {
   const app = new Hono();
   const now = deps.now ?? Date.now;
+  const expected = deps.token === undefined ? null : digest(`Bearer ${deps.token}`);
+  // compared as digests in constant time: the time taken says nothing about how much of a guess was right
+  const authorized = (header: string | undefined) =>
+    expected === null || (header !== undefined && timingSafeEqual(digest(header), expected));
+
+  // /health stays open to load balancers, whatever Host they send; the rest needs a Host that cannot be rebound
+  // and, with a token, the token
+  app.use("*", async (c, next) => {
+    if (c.req.path === "/health") return await next();
+    // the runtime builds the request's URL from its Host header
+    if (!acceptableHost(new URL(c.req.url).host, deps.listener)) {
+      return c.json({ ok: false, error: "unknown Host: use the address pgnet listens on" }, 403);
+    }
+    if (!authorized(c.req.header("authorization"))) return c.json({ ok: false, error: "unauthorized" }, 401);
+    await next();
+  });
 
   app.get("/health", (c) => {
     const s = deps.worker.status();
@@ -83,6 +116,7 @@ export function createStatusApp(deps: StatusDeps): Hono {
       inFlight: s.inFlight,
       pendingWrites: s.pendingWrites,
       memory: s.memory,
+      egress: s.egress,
       blocked: s.blocked ? { message: s.blocked.message, since: new Date(s.blocked.since).toISOString() } : null,
       counters: s.counters,
       settings: s.settings,
@@ -91,10 +125,14 @@ export function createStatusApp(deps: StatusDeps): Hono {
     });
   });
 
-  const authorized = (header: string | undefined) => !deps.token || header === `Bearer ${deps.token}`;
   for (const [path, action] of [["/reload", "reload"], ["/restart", "restart"]] as const) {
     app.post(path, async (c) => {
-      if (!authorized(c.req.header("authorization"))) return c.json({ ok: false, error: "unauthorized" }, 401);
+      // a web page cannot make a browser send these: refuse what a browser sends for a cross-site form or fetch
+      const origin = c.req.header("origin");
+      const site = c.req.header("sec-fetch-site");
+      if ((origin !== undefined && origin !== new URL(c.req.url).origin) || site === "cross-site") {
+        return c.json({ ok: false, error: "cross-site requests are refused" }, 403);
+      }
       try {
         await deps.worker[action]();
         return c.json({ ok: true, settings: deps.worker.status().settings });

@@ -6,7 +6,8 @@ import { Hold, hostKey, MemoryBudget, REQUEST_RESERVE, ResponseSizes } from "./b
 import { type ResolvedSettings, resolveSettings, type SettingValues, type WorkerSettings } from "./config.ts";
 import { connect, readDatabaseSettings, type Sql, type Target } from "./db.ts";
 import { coerceError, errorCode } from "./errors.ts";
-import { failure, performRequest } from "./http.ts";
+import { EgressPolicy, guardedResolve } from "./egress.ts";
+import { type Agents, failure, performRequest, type Resolve, systemResolve } from "./http.ts";
 import { CONTROL_CHANNEL, Listener, WAKE_CHANNEL } from "./listener.ts";
 import type { Logger } from "./log.ts";
 import { type Claimed, Queue, type ResponseRow } from "./queue.ts";
@@ -24,6 +25,14 @@ export interface WorkerOptions {
   env?: Record<string, string | undefined>;
   /** shared by every worker of the process; one of its own (--memory-budget) when not given */
   budget?: MemoryBudget;
+  /** where requests may go; the default preset when not given */
+  egress?: EgressPolicy;
+  /** follow redirects from https to http */
+  allowInsecureRedirects?: boolean;
+  /** how names become addresses (the system resolver); the egress policy checks whatever it returns */
+  resolve?: Resolve;
+  /** connection pools (--ca-file adds certificate authorities to them) */
+  agents?: Agents;
 }
 
 export type WorkerState = "starting" | "running" | "reconnecting" | "stopping" | "stopped";
@@ -45,6 +54,7 @@ export interface WorkerStatus {
   blocked: { message: string; since: number } | null;
   /** bytes of bodies held, of the memory budget's capacity */
   memory: { used: number; budget: number; waiting: number };
+  egress: ReturnType<EgressPolicy["describe"]> & { allowInsecureRedirects: boolean };
 }
 
 /** restarts asked for through net.worker_restart() are at least this far apart */
@@ -67,6 +77,8 @@ export class Worker {
   readonly #timers = new Timers();
   readonly #writer: Writer;
   readonly #sizes = new ResponseSizes();
+  #egress!: EgressPolicy;
+  #resolve!: Resolve;
   #budget!: MemoryBudget;
   #resolved!: ResolvedSettings;
   #state: WorkerState = "starting";
@@ -92,6 +104,7 @@ export class Worker {
   constructor(options: WorkerOptions) {
     this.#options = options;
     this.#log = options.logger;
+    this.useEgressPolicy(options.egress ?? new EgressPolicy());
     this.#writer = new Writer({
       queue: () => {
         if (!this.#db) throw new Error("the worker's connections are closed");
@@ -129,7 +142,13 @@ export class Worker {
     this.#kick(); // the listener's catch-up ran before the connections were in place
     this.#schedulePoll();
     this.#scheduleLeaseRenewal();
-    this.#log.info("worker started", { worker: this.id, ...this.settings });
+    this.#log.info("worker started", { worker: this.id, ...this.settings, egress: this.#egress.describe() });
+  }
+
+  /** Replaces the egress policy (pgnet's own status server joins it once it listens); applies to new requests. */
+  useEgressPolicy(policy: EgressPolicy): void {
+    this.#egress = policy;
+    this.#resolve = guardedResolve(policy, this.#options.resolve ?? systemResolve);
   }
 
   /** Re-reads settings: flags, environment, and pg_net.* as a new session sees them. */
@@ -183,6 +202,7 @@ export class Worker {
       lastError: this.#lastError,
       blocked: this.#blocked,
       memory: { used: this.#budget.used, budget: this.#budget.capacity, waiting: this.#budget.waiting },
+      egress: { ...this.#egress.describe(), allowInsecureRedirects: this.#options.allowInsecureRedirects === true },
     };
   }
 
@@ -387,7 +407,13 @@ export class Worker {
         this.#inFlight.delete(request.id);
         return;
       }
-      const row = await performRequest(request, { maxResponseBytes: this.settings.maxResponseBytes, room: hold });
+      const row = await performRequest(request, {
+        maxResponseBytes: this.settings.maxResponseBytes,
+        room: hold,
+        resolve: this.#resolve,
+        allowInsecureRedirects: this.#options.allowInsecureRedirects === true,
+        ...(this.#options.agents ? { agents: this.#options.agents } : {}),
+      });
       if (row.status_code !== null) this.#sizes.record(host ?? hostKey(request.url), hold.bodyBytes);
       this.#finish(request.id, row, hold);
     })();

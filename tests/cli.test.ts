@@ -9,6 +9,7 @@ import { LATEST_VERSION } from "../src/migrations.ts";
 import { createDatabase, type TestDatabase } from "./helpers/cluster.ts";
 import { cleanEnv, emptyDir, PgnetProcess, ROOT, runPgnet } from "./helpers/binary.ts";
 import { Fixture } from "./helpers/fixture.ts";
+import { makeCertificates } from "./helpers/tls.ts";
 import { responseFor, waitFor } from "./helpers/worker.ts";
 
 let db: TestDatabase;
@@ -176,7 +177,8 @@ describe("run", () => {
         const reloaded = await getJson(`${url}/reload`, { method: "POST", ...auth });
         expect(reloaded.status).toBe(200);
         expect((reloaded.body.settings as Record<string, number>).batchSize).toBe(42);
-        const status = await getJson(`${url}/status`);
+        expect((await getJson(`${url}/status`)).status).toBe(401); // with a token, /status needs it too
+        const status = await getJson(`${url}/status`, auth);
         expect(status.body).toMatchObject({ settings: { batchSize: 42 }, sources: { batchSize: "database" } });
       } finally {
         await db.sql`alter role postgres reset pg_net.batch_size`;
@@ -254,6 +256,94 @@ describe("signals", () => {
 
 // Deno comes from the optional npm package @deno/linux-x64-glibc (the registry we use carries only that one)
 const deno = join(ROOT, "node_modules", "@deno", "linux-x64-glibc", "deno");
+
+describe("egress", () => {
+  test("pgnet's own status port is denied as a destination, and /status shows the policy in force", async () => {
+    const pgnet = new PgnetProcess(["--database", db.url, "--status-port", "0", "--egress-deny", "10.0.0.0/8"]);
+    try {
+      const url = await pgnet.statusUrl();
+      const [{ id }] = await db.sql`
+        select net.http_post(${`${url}/restart`}) as id
+      ` as unknown as [{ id: string }];
+      const row = await responseFor(db.sql, id);
+      expect(row.error_msg).toMatch(
+        /^Destination 127\.0\.0\.1 is denied by pgnet's egress policy \(pgnet's own status server\)$/,
+      );
+      expect(pgnet.lines.filter((l) => l.includes("worker restarting"))).toEqual([]);
+      const status = (await getJson(`${url}/status`)).body as { worker: unknown; egress?: unknown };
+      expect(status.egress).toMatchObject({ preset: "default", deny: ["10.0.0.0/8"], allowInsecureRedirects: false });
+    } finally {
+      expect(await pgnet.stop()).toBe(0);
+    }
+  });
+
+  test("--egress public refuses loopback through the CLI, and proxy variables in the environment are ignored", async () => {
+    const proxy = await Fixture.start();
+    const proxyUrl = proxy.url("");
+    const env = cleanEnv({
+      HTTP_PROXY: proxyUrl,
+      http_proxy: proxyUrl,
+      HTTPS_PROXY: proxyUrl,
+      https_proxy: proxyUrl,
+      ALL_PROXY: proxyUrl,
+      NO_PROXY: "",
+    });
+    const open = new PgnetProcess(["--database", db.url, "--status-port", "off"], { env });
+    try {
+      await open.waitForLine(/worker started/);
+      const [{ id }] = await db.sql`select net.http_get(${fixture.url("/echo")}) as id` as unknown as [{ id: string }];
+      expect((await responseFor(db.sql, id)).status_code).toBe(200);
+      expect(proxy.requests).toHaveLength(0); // straight to the target
+    } finally {
+      expect(await open.stop()).toBe(0);
+    }
+    const strict = new PgnetProcess(["--database", db.url, "--status-port", "off", "--egress", "public"], { env });
+    try {
+      await strict.waitForLine(/worker started/);
+      const before = fixture.requests.length;
+      const [{ id }] = await db.sql`select net.http_get(${fixture.url("/echo")}) as id` as unknown as [{ id: string }];
+      expect((await responseFor(db.sql, id)).error_msg).toBe(
+        "Destination 127.0.0.1 is denied by pgnet's egress policy (loopback)",
+      );
+      expect(fixture.requests.length).toBe(before);
+      expect(proxy.requests).toHaveLength(0);
+    } finally {
+      expect(await strict.stop()).toBe(0);
+      await proxy.stop();
+    }
+  });
+
+  test("--ca-file makes pgnet trust a private certificate authority; a missing file stops it at start", async () => {
+    const certificates = makeCertificates();
+    const secure = await Fixture.start("127.0.0.1", { tls: certificates.localhost });
+    const pgnet = new PgnetProcess(["--database", db.url, "--status-port", "off", "--ca-file", certificates.caFile]);
+    try {
+      await pgnet.waitForLine(/worker started/);
+      const [{ id }] = await db.sql`select net.http_get(${secure.url("/echo", "localhost")}) as id` as unknown as [
+        { id: string },
+      ];
+      expect((await responseFor(db.sql, id)).status_code).toBe(200);
+    } finally {
+      expect(await pgnet.stop()).toBe(0);
+      await secure.stop();
+      certificates.remove();
+    }
+    const missing = runPgnet(["--ca-file", "/nonexistent/ca.pem"]);
+    expect(missing.code).toBe(2);
+    expect(missing.stderr).toContain(
+      'pgnet: Invalid --ca-file: expected a readable PEM file, got "/nonexistent/ca.pem',
+    );
+  });
+
+  test("a bad egress entry stops pgnet at start with a message naming it", () => {
+    const { code, stderr } = runPgnet(["--egress-allow", "10.0.0.0/33"]);
+    expect(code).toBe(2);
+    expect(stderr.trim()).toBe(
+      'pgnet: Invalid --egress-allow entry "10.0.0.0/33": expected an IP address, a CIDR such as 10.0.0.0/8, a host ' +
+        "name or *.suffix, each with an optional :port",
+    );
+  });
+});
 
 describe("signals to a process group", () => {
   test("Ctrl-C to the whole process group stops pgnet gracefully: the signal delivered twice counts once", async () => {

@@ -82,3 +82,43 @@ test("an unknown route is a JSON 404 listing the routes", async () => {
   expect(response.status).toBe(404);
   expect(await response.json()).toMatchObject({ ok: false, routes: expect.arrayContaining(["GET /health"]) });
 });
+
+test("a Host that could be a rebound DNS name is refused everywhere but /health", async () => {
+  for (const path of ["/status", "/nope"]) {
+    const response = await app().request(`http://evil.example:8787${path}`);
+    expect(response.status).toBe(403);
+    expect(await response.json()).toEqual({ ok: false, error: "unknown Host: use the address pgnet listens on" });
+  }
+  const post = await app().request("http://evil.example:8787/restart", { method: "POST" });
+  expect(post.status).toBe(403);
+  expect((await app().request("http://evil.example:8787/health")).status).toBe(200);
+  // IP literals, localhost and the name pgnet listens on are fine
+  for (const host of ["127.0.0.1:8787", "[::1]:8787", "10.1.2.3", "localhost:8787"]) {
+    expect({ host, status: (await app().request(`http://${host}/status`)).status }).toEqual({ host, status: 200 });
+  }
+  expect((await app({ listener: "pgnet.internal" }).request("http://pgnet.internal:8787/status")).status).toBe(200);
+});
+
+test("a cross-site POST is refused: an Origin of another site, or Sec-Fetch-Site: cross-site", async () => {
+  const crossSite: Record<string, string>[] = [{ origin: "http://evil.example" }, { "sec-fetch-site": "cross-site" }, {
+    origin: "null",
+  }];
+  for (const headers of crossSite) {
+    const response = await app().request("http://127.0.0.1:8787/restart", { method: "POST", headers });
+    expect({ headers, status: response.status }).toEqual({ headers, status: 403 });
+  }
+  const same = await app().request("http://127.0.0.1:8787/reload", {
+    method: "POST",
+    headers: { origin: "http://127.0.0.1:8787" },
+  });
+  expect(same.status).toBe(200);
+});
+
+test("with a token, GET /status needs it too, and a wrong one is refused", async () => {
+  const guarded = app({ token: "t0ken" });
+  expect((await guarded.request("/status")).status).toBe(401);
+  expect((await guarded.request("/status", { headers: { authorization: "Bearer t0kem" } })).status).toBe(401);
+  expect((await guarded.request("/status", { headers: { authorization: "Bearer t0ken-and-more" } })).status).toBe(401);
+  expect((await guarded.request("/status", { headers: { authorization: "Bearer t0ken" } })).status).toBe(200);
+  expect((await guarded.request("/health")).status).toBe(200);
+});

@@ -2,6 +2,8 @@
 // duplicates) and can answer in ways a well-behaved server never would.
 
 import { createServer, type Server, type Socket } from "node:net";
+import { createServer as createTlsServer } from "node:tls";
+import type { KeyPair } from "./tls.ts";
 
 export interface Received {
   method: string;
@@ -36,17 +38,20 @@ export class Fixture {
   #server: Server;
   #sockets = new Set<Socket>();
   #host: string;
+  #scheme: "http" | "https";
 
-  private constructor(server: Server, host: string) {
+  private constructor(server: Server, host: string, scheme: "http" | "https") {
     this.#server = server;
     this.#host = host;
+    this.#scheme = scheme;
   }
 
-  /** Starts a fixture on `host` ("127.0.0.1" or "::1") and a free port. */
-  static async start(host = "127.0.0.1"): Promise<Fixture> {
-    const server = createServer();
-    const fixture = new Fixture(server, host);
-    server.on("connection", (socket) => fixture.#accept(socket));
+  /** Starts a fixture on `host` ("127.0.0.1" or "::1") and a free port; with `tls`, an https one. */
+  static async start(host = "127.0.0.1", options: { tls?: KeyPair } = {}): Promise<Fixture> {
+    const server = options.tls ? createTlsServer(options.tls) : createServer();
+    const fixture = new Fixture(server, host, options.tls ? "https" : "http");
+    server.on(options.tls ? "secureConnection" : "connection", (socket: Socket) => fixture.#accept(socket));
+    server.on("tlsClientError", () => {});
     await new Promise<void>((resolve, reject) => {
       server.once("error", reject);
       server.listen(0, host, () => resolve());
@@ -60,7 +65,7 @@ export class Fixture {
 
   /** URL of a path on this fixture, e.g. url("/echo"). */
   url(path: string, host = this.#host.includes(":") ? `[${this.#host}]` : this.#host): string {
-    return `http://${host}:${this.port}${path}`;
+    return `${this.#scheme}://${host}:${this.port}${path}`;
   }
 
   /** Requests received on a path (query ignored). */
