@@ -171,17 +171,76 @@ async function waitStored(stored: Map<string, number>, count: number, timeoutMs:
 }
 
 /** Requests/s from the commit of N requests until the last response row is stored. */
-async function throughput(ctx: Context, n: number, method: "GET" | "POST", unlogged: boolean): Promise<number> {
+/**
+ * Requests/s from the commit of N requests until the last response row is stored, and the same counted from the
+ * start of the statement that enqueued them (the enqueue is paid in the caller's transaction).
+ */
+async function throughput(
+  ctx: Context,
+  n: number,
+  method: "GET" | "POST",
+  unlogged: boolean,
+): Promise<{ rate: number; withEnqueue: number }> {
   const run = await setup(ctx, unlogged);
   try {
     const body = JSON.stringify({ data: "x".repeat(1000) });
+    const started = performance.now();
     if (method === "GET") await run.sql`select net.http_get(${`${ctx.target}/fast`}) from generate_series(1, ${n})`;
     else {await run
         .sql`select net.http_post(${`${ctx.target}/fast`}, ${body}::text::jsonb) from generate_series(1, ${n})`;}
     const committed = performance.now();
     await waitStored(run.stored, n, 600_000);
-    const elapsed = Math.max(...run.stored.values()) - committed;
-    return n / (elapsed / 1000);
+    const last = Math.max(...run.stored.values());
+    return { rate: n / ((last - committed) / 1000), withEnqueue: n / ((last - started) / 1000) };
+  } finally {
+    await run.teardown();
+  }
+}
+
+/**
+ * µs per enqueue: `n` calls in one transaction by an ordinary role (row-level security applies), the way a
+ * trigger on a busy table pays for them. Nothing is sent (no worker runs).
+ */
+async function enqueueCost(ctx: Context, n: number, method: "GET" | "POST"): Promise<number> {
+  const db = await benchDatabase(ctx);
+  try {
+    await db.sql.unsafe(
+      `do $$ begin create role pgnet_bench_caller; exception when duplicate_object then null; end $$`,
+    );
+    await db.sql.unsafe(`grant pgnet_bench_caller to current_user`);
+    const url = `${ctx.target}/fast`;
+    return await db.sql.begin(async (tx) => {
+      await tx`set local role pgnet_bench_caller`;
+      const body = JSON.stringify({ data: "x".repeat(1000) });
+      const call = (count: number) =>
+        method === "GET"
+          ? tx`select count(net.http_get(${url})) from generate_series(1, ${count})`
+          : tx`select count(net.http_post(${url}, ${body}::text::jsonb)) from generate_series(1, ${count})`;
+      await call(1000); // plans and caches warm
+      const started = performance.now();
+      await call(n);
+      return ((performance.now() - started) * 1000) / n;
+    });
+  } finally {
+    await db.drop();
+  }
+}
+
+/** Commit → stored for a request committed after `idleMs` without traffic. */
+async function afterIdle(ctx: Context, samples: number, idleMs: number): Promise<{ p50: number; p99: number }> {
+  const run = await setup(ctx);
+  try {
+    const times: number[] = [];
+    for (let i = 0; i < samples; i++) {
+      await Bun.sleep(idleMs);
+      const [row] = await run.sql`select net.http_get(${`${ctx.target}/fast`}) as id`;
+      const committed = performance.now();
+      const id = String(row!.id);
+      while (!run.stored.has(id)) await Bun.sleep(0);
+      times.push(run.stored.get(id)! - committed);
+    }
+    times.sort((a, b) => a - b);
+    return { p50: percentile(times, 50), p99: percentile(times, 99) };
   } finally {
     await run.teardown();
   }
@@ -356,7 +415,7 @@ async function main(): Promise<void> {
   });
   if (values.help) {
     console.log(
-      `Usage: npm run bench -- [--quick] [--runs N] [--only throughput,latency,hol,large,future,backlog,ceiling,idle] [--json] [--database URL]
+      `Usage: npm run bench -- [--quick] [--runs N] [--only throughput,enqueue,latency,afteridle,hol,large,future,backlog,ceiling,idle] [--json] [--database URL]
   --quick   small sizes, one run (a smoke test)
   --runs    repetitions of each scenario (default 3; medians with min and max)`,
     );
@@ -364,7 +423,9 @@ async function main(): Promise<void> {
   }
   const quick = values.quick === true;
   const runs = Number(values.runs ?? (quick ? 1 : 3));
-  const only = new Set((values.only ?? "throughput,latency,hol,large,future,backlog,ceiling,idle").split(","));
+  const only = new Set(
+    (values.only ?? "throughput,enqueue,latency,afteridle,hol,large,future,backlog,ceiling,idle").split(","),
+  );
   const window = 2048; // pgnet's default --concurrency
   const pgnetEnv = {};
 
@@ -412,12 +473,31 @@ async function main(): Promise<void> {
 
   try {
     const sizes = quick ? [2000] : [10_000, 100_000];
+    const both = async (name: string, fn: () => Promise<{ rate: number; withEnqueue: number }>) => {
+      const all = [];
+      for (let i = 0; i < runs; i++) all.push(await fn());
+      report(`${name} (req/s)`, stat(all.map((r) => Math.round(r.rate))));
+      report(`${name}, enqueue included (req/s)`, stat(all.map((r) => Math.round(r.withEnqueue))));
+    };
     if (only.has("throughput")) {
       for (const n of sizes) {
-        report(`throughput GET ${n} durable (req/s)`, await repeat(() => throughput(ctx, n, "GET", false)));
-        report(`throughput GET ${n} unlogged (req/s)`, await repeat(() => throughput(ctx, n, "GET", true)));
-        report(`throughput POST 1KB ${n} durable (req/s)`, await repeat(() => throughput(ctx, n, "POST", false)));
+        await both(`throughput GET ${n} durable`, () => throughput(ctx, n, "GET", false));
+        await both(`throughput GET ${n} unlogged`, () => throughput(ctx, n, "GET", true));
+        await both(`throughput POST 1KB ${n} durable`, () => throughput(ctx, n, "POST", false));
       }
+    }
+    if (only.has("enqueue")) {
+      const n = quick ? 5000 : 100_000;
+      report(`enqueue: http_get, ${n} in one transaction (µs each)`, await repeat(() => enqueueCost(ctx, n, "GET")));
+      report(`enqueue: http_post 1KB (µs each)`, await repeat(() => enqueueCost(ctx, n, "POST")));
+    }
+    if (only.has("afteridle")) {
+      const samples: Record<string, number[]> = { p50: [], p99: [] };
+      for (let i = 0; i < runs; i++) {
+        const l = await afterIdle(ctx, quick ? 3 : 40, 2500);
+        for (const k of ["p50", "p99"] as const) samples[k]!.push(Math.round(l[k] * 100) / 100);
+      }
+      for (const k of ["p50", "p99"]) report(`latency ${k} after 2.5 s idle (ms)`, stat(samples[k]!));
     }
     if (only.has("latency")) {
       const samples: Record<string, number[]> = { p50: [], p95: [], p99: [] };

@@ -168,7 +168,7 @@ async function exchange(request: QueuedRequest, options: HttpOptions, attempt: A
     const location = response.headers.location;
     if (!REDIRECT_STATUSES.has(response.statusCode ?? 0) || location === undefined) {
       attempt.stage = "body";
-      return success(request.id, response, await readBody(response, options, attempt));
+      return success(request.id, response, await readBody(response, options, attempt), request.rawResponse === true);
     }
     response.destroy();
     if (redirects >= (options.maxRedirects ?? 30)) throw new RequestError(ERRORS.redirects);
@@ -266,9 +266,13 @@ function readBody(response: IncomingMessage, options: HttpOptions, attempt: Atte
   attempt.expectedLength = expected;
   const room = options.room;
   return new Promise((resolve, reject) => {
+    // the first failure is the one reported: destroying the response makes it emit another ("aborted")
+    let settled = false;
     const fail = (error: Error) => {
-      response.destroy();
+      if (settled) return;
+      settled = true;
       reject(error);
+      response.destroy();
     };
     attempt.cancel = fail;
     const tooLarge = () => new RequestError(`Maximum file size exceeded: the response body is over ${limit} bytes`);
@@ -338,7 +342,7 @@ function buildHeaders(request: QueuedRequest): [string, string][] {
     throw new RequestError(`headers must be a JSON object, got ${JSON.stringify(given)}`);
   }
   const headers: [string, string][] = [];
-  for (const [name, raw] of Object.entries(given as Record<string, unknown>)) {
+  for (const [name, raw] of inOrder(given as Record<string, unknown>, request.headerOrder)) {
     // pg_net: JSON null is skipped, "" removes the header, numbers and booleans are sent as their JSON text;
     // an object or array is no header value (pg_net sends its JSON text): an error on this request
     if (raw === null || raw === "") continue;
@@ -362,6 +366,21 @@ function buildHeaders(request: QueuedRequest): [string, string][] {
   return headers;
 }
 
+/** The object's entries in the caller's order where one was recorded (jsonb sorts keys), then any others. */
+function inOrder(object: Record<string, unknown>, order: string[] | null | undefined): [string, unknown][] {
+  if (!order) return Object.entries(object);
+  const seen = new Set<string>();
+  const entries: [string, unknown][] = [];
+  for (const name of order) {
+    if (Object.hasOwn(object, name) && !seen.has(name)) {
+      seen.add(name);
+      entries.push([name, object[name]]);
+    }
+  }
+  for (const [name, value] of Object.entries(object)) if (!seen.has(name)) entries.push([name, value]);
+  return entries;
+}
+
 function hasHeader(headers: [string, string][], lower: string): boolean {
   return headers.some(([name]) => name.toLowerCase() === lower);
 }
@@ -382,11 +401,25 @@ function contentLength(response: IncomingMessage): number | null {
 
 // keeps a UTF-8 BOM, as pg_net does; invalid sequences become U+FFFD (PostgreSQL text must be valid UTF-8)
 const decoder = new TextDecoder("utf-8", { ignoreBOM: true });
+const strict = new TextDecoder("utf-8", { ignoreBOM: true, fatal: true });
 
-function success(id: string, response: IncomingMessage, bytes: Uint8Array): ResponseRow {
-  // PostgreSQL text cannot hold NUL: like pg_net, keep what comes before the first one
+/**
+ * The response row. content is pg_net's text: up to the first NUL (PostgreSQL text cannot hold one), with
+ * invalid UTF-8 replaced by U+FFFD. Where that is not the body as received (binary data, NUL bytes), or the
+ * request asked for them, body holds the exact bytes.
+ */
+function success(id: string, response: IncomingMessage, bytes: Uint8Array, raw: boolean): ResponseRow {
   const nul = bytes.indexOf(0);
-  const text = decoder.decode(nul === -1 ? bytes : bytes.subarray(0, nul));
+  let text: string;
+  let exact = nul === -1;
+  if (exact) {
+    try {
+      text = strict.decode(bytes);
+    } catch {
+      exact = false;
+      text = decoder.decode(bytes);
+    }
+  } else text = decoder.decode(bytes.subarray(0, nul));
   const { headers, contentType } = headerObject(response.rawHeaders);
   return {
     id,
@@ -396,6 +429,7 @@ function success(id: string, response: IncomingMessage, bytes: Uint8Array): Resp
     content: text === "" ? null : text,
     timed_out: false,
     error_msg: null,
+    body: raw || !exact ? bytes : null,
   };
 }
 
@@ -409,6 +443,7 @@ export function failure(id: string, message: string, timedOut: boolean): Respons
     content: null,
     timed_out: timedOut,
     error_msg: message,
+    body: null,
   };
 }
 

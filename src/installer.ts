@@ -1,6 +1,6 @@
 // Installs the SQL API: applies sql/ files in order, each in its own transaction, under an advisory lock.
 
-import { PgnetError } from "./errors.ts";
+import { errorCode, PgnetError } from "./errors.ts";
 import type { Sql } from "./db.ts";
 import { LATEST_VERSION, MIGRATIONS } from "./migrations.ts";
 import { VERSION } from "./version.ts";
@@ -21,7 +21,7 @@ export interface InstallResult {
 export async function install(sql: Sql, options: { through?: number } = {}): Promise<InstallResult> {
   const applied: number[] = [];
   for (const migration of MIGRATIONS.filter((m) => m.version <= (options.through ?? LATEST_VERSION))) {
-    await sql.begin(async (tx) => {
+    await ddl(sql, async (tx) => {
       await tx`select pg_advisory_xact_lock(${LOCK_KEY})`;
       const installed = await bootstrap(tx as unknown as Sql);
       if (installed >= migration.version) return;
@@ -67,7 +67,7 @@ export async function setPrivileges(sql: Sql, mode: "pgnet" | "pg_net"): Promise
 
 /** Removes schema net and everything in it (queued requests and stored responses too). */
 export async function uninstall(sql: Sql): Promise<boolean> {
-  return await sql.begin(async (tx) => {
+  return await ddl(sql, async (tx) => {
     await tx`select pg_advisory_xact_lock(${LOCK_KEY})`;
     const [row] = await tx`select to_regclass('net._pgnet_migrations') is not null as ours,
                                   to_regnamespace('net') is not null as present`;
@@ -81,6 +81,21 @@ export async function uninstall(sql: Sql): Promise<boolean> {
     await tx`drop schema net cascade`;
     return true;
   });
+}
+
+/**
+ * A transaction of DDL on tables a running worker uses: a deadlock with the worker's statements (which lock the
+ * tables in another order) is retried, a few times, rather than failing the install.
+ */
+async function ddl<T>(sql: Sql, work: (tx: Sql) => Promise<T>): Promise<T> {
+  for (let attempt = 0;; attempt++) {
+    try {
+      return await sql.begin((tx) => work(tx as unknown as Sql)) as T;
+    } catch (error) {
+      if (errorCode(error) !== "40P01" || attempt >= 4) throw error;
+      await new Promise((resolve) => setTimeout(resolve, 50 * (attempt + 1)));
+    }
+  }
 }
 
 /** Checks what is in the database, creates the bookkeeping table, returns the installed version. */

@@ -3,6 +3,8 @@
 import netApi from "../sql/0001_net_api.sql" with { type: "text" };
 import claimIndexes from "../sql/0002_claim_indexes.sql" with { type: "text" };
 import privileges from "../sql/0003_privileges.sql" with { type: "text" };
+import enqueueSpeed from "../sql/0004_enqueue_speed.sql" with { type: "text" };
+import requestApi from "../sql/0005_request_api.sql" with { type: "text" };
 
 export interface Migration {
   version: number;
@@ -14,6 +16,8 @@ export const MIGRATIONS: readonly Migration[] = [
   { version: 1, name: "0001_net_api", text: netApi },
   { version: 2, name: "0002_claim_indexes", text: claimIndexes },
   { version: 3, name: "0003_privileges", text: privileges },
+  { version: 4, name: "0004_enqueue_speed", text: enqueueSpeed },
+  { version: 5, name: "0005_request_api", text: requestApi },
 ];
 
 export const LATEST_VERSION = MIGRATIONS[MIGRATIONS.length - 1]!.version;

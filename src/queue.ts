@@ -1,6 +1,7 @@
 // Every statement pgnet runs on the queue and response tables: claim (with expiry), load, store, renew,
 // release, reap, and the cheap counts /status shows. One row type each for a claimed request and a response.
 
+import { Buffer } from "node:buffer";
 import type { Sql } from "./db.ts";
 
 /** A request claimed from net.http_request_queue: the one shape the worker and the HTTP layer share. */
@@ -12,6 +13,10 @@ export interface QueuedRequest {
   headers: unknown;
   body: Uint8Array | null;
   timeoutMs: number;
+  /** header names in the caller's order (net.http_request with json headers); null: the headers object's order */
+  headerOrder?: string[] | null;
+  /** keep the response's exact bytes (ResponseRow.body) even when it is text */
+  rawResponse?: boolean;
 }
 
 /** What a claim returns: the request, how often it was claimed, its size, and whether it still has to be loaded. */
@@ -34,6 +39,8 @@ export interface ResponseRow {
   content: string | null;
   timed_out: boolean;
   error_msg: string | null;
+  /** the exact body bytes, when they differ from content (binary, NUL bytes) or the request asked for them */
+  body: Uint8Array | null;
 }
 
 export interface ClaimSettings {
@@ -64,12 +71,28 @@ interface ClaimedRow {
   url: string | null;
   headers: unknown;
   body: Uint8Array | null;
+  header_order: string | null;
+  raw_response: boolean;
 }
 
 // A claim reads the URL, headers and body of rows up to this size in the same statement; a larger row is read
 // on its own once the memory budget has room for it (a directly inserted 400 MB body is never read in bulk).
 const CLAIM_INLINE_BYTES = 65_536;
 const READY_COUNT_LIMIT = 10_000;
+
+/** A text[] as PostgreSQL prints it ({a,"b c"}), parsed; null stays null. */
+function textArray(text: string | null): string[] | null {
+  if (text === null) return null;
+  const items: string[] = [];
+  const item = /(?:^\{|,)(?:"((?:[^"\\]|\\.)*)"|([^,}]*))/g;
+  for (let m = item.exec(text); m; m = item.exec(text)) {
+    if (m[1] === undefined && m[2] === "") continue; // the empty array {}
+    items.push(m[1] !== undefined ? m[1].replace(/\\(.)/g, "$1") : m[2]!);
+  }
+  return items;
+}
+
+const withoutBody = (key: string, value: unknown) => (key === "body" ? undefined : value);
 
 /** Lists go to PostgreSQL as text (connect() turns fetch_types off): `string_to_array($1, ',')::bigint[]`. */
 const idList = (ids: readonly string[]) => ids.join(",");
@@ -119,7 +142,8 @@ export class Queue {
                attempts = q.attempts + 1
           from claimable c
          where q.id = c.id
-        returning q.id, q.method, q.timeout_milliseconds, q.attempts, c.bytes::text as bytes,
+        returning q.id, q.method, q.timeout_milliseconds, q.attempts, c.bytes::text as bytes, q.raw_response,
+                  q.header_order::text as header_order,
                   case when c.bytes <= ${CLAIM_INLINE_BYTES}::int then q.url end as url,
                   case when c.bytes <= ${CLAIM_INLINE_BYTES}::int then q.headers end as headers,
                   case when c.bytes <= ${CLAIM_INLINE_BYTES}::int then q.body end as body
@@ -136,6 +160,8 @@ export class Queue {
         headers: row.headers,
         body: row.body,
         timeoutMs: row.timeout_milliseconds,
+        headerOrder: textArray(row.header_order),
+        rawResponse: row.raw_response,
       },
       attempts: row.attempts,
       bytes: Number(row.bytes),
@@ -146,12 +172,12 @@ export class Queue {
 
   /** Reads the URL, headers and body of a request claimed without them; false if it is no longer ours. */
   async load(request: QueuedRequest): Promise<boolean> {
-    const [row] = await this.#sql<{ url: string; headers: unknown; body: Uint8Array | null }[]>`
-      select url, headers, body from net.http_request_queue
+    const [row] = await this.#sql<{ url: string; headers: unknown; body: Uint8Array | null; order: string | null }[]>`
+      select url, headers, body, header_order::text as order from net.http_request_queue
        where id = ${request.id}::bigint and claimed_by = ${this.#workerId}::text
     `;
     if (!row) return false;
-    Object.assign(request, row);
+    Object.assign(request, { url: row.url, headers: row.headers, body: row.body, headerOrder: textArray(row.order) });
     return true;
   }
 
@@ -163,7 +189,8 @@ export class Queue {
   async store(results: readonly ResponseRow[]): Promise<void> {
     await this.#sql`
       with results as (
-        select * from jsonb_to_recordset(${JSON.stringify(results)}::text::jsonb) as r(
+        -- rows with body bytes go through storeRows
+        select * from jsonb_to_recordset(${JSON.stringify(results, withoutBody)}::text::jsonb) as r(
           id bigint, status_code int, content_type text, headers jsonb, content text, timed_out bool, error_msg text)
       ), done as (
         delete from net.http_request_queue q using results r where q.id = r.id returning q.id, q.enqueued_by
@@ -182,13 +209,18 @@ export class Queue {
    * 100 bytes take 40 ms this way and 23 ms as JSON, so the writer picks by the average row size.
    */
   async storeRows(results: readonly ResponseRow[]): Promise<void> {
-    const params: (string | number | boolean | null)[] = [];
+    const params: (string | number | boolean | Buffer | null)[] = [];
     const values = results.map((r) => {
       const n = params.length;
       params.push(r.id, r.status_code, r.content_type, r.headers === null ? null : JSON.stringify(r.headers));
-      params.push(r.content, r.timed_out, r.error_msg);
+      params.push(
+        r.content,
+        r.timed_out,
+        r.error_msg,
+        r.body === null ? null : Buffer.from(r.body.buffer, r.body.byteOffset, r.body.byteLength),
+      );
       return `($${n + 1}::bigint, $${n + 2}::int, $${n + 3}::text, $${n + 4}::text::jsonb, $${n + 5}::text, ` +
-        `$${n + 6}::bool, $${n + 7}::text)`;
+        `$${n + 6}::bool, $${n + 7}::text, $${n + 8}::bytea)`;
     });
     params.push(idList(results.map((r) => r.id)));
     await this.#sql.unsafe(
@@ -198,9 +230,10 @@ export class Queue {
          returning id, enqueued_by
        )
        insert into net._http_response
-              (id, status_code, content_type, headers, content, timed_out, error_msg, enqueued_by)
+              (id, status_code, content_type, headers, content, timed_out, error_msg, body, enqueued_by)
        select v.*, d.enqueued_by
-         from (values ${values.join(", ")}) v(id, status_code, content_type, headers, content, timed_out, error_msg)
+         from (values ${values.join(", ")})
+              v(id, status_code, content_type, headers, content, timed_out, error_msg, body)
          join done d on d.id = v.id
        on conflict (id) do nothing`,
       params,
@@ -228,10 +261,16 @@ export class Queue {
     `;
   }
 
-  /** The newest restart request (net.worker_restart() records them), 0 when there is none. */
-  async lastRestartRequest(): Promise<number> {
-    const [row] = await this.#sql<{ id: string }[]>`select coalesce(max(id), 0)::text as id from net._worker_restarts`;
-    return Number(row!.id);
+  /**
+   * The newest restart request (net.worker_restart() records them): its id (0 when there is none) and the table's
+   * oid, which changes when schema net is installed anew and ids start again.
+   */
+  async lastRestartRequest(): Promise<{ table: number; id: number }> {
+    const [row] = await this.#sql<{ table: number; id: string }[]>`
+      select 'net._worker_restarts'::regclass::oid::int8 as table, coalesce(max(id), 0)::text as id
+        from net._worker_restarts
+    `;
+    return { table: Number(row!.table), id: Number(row!.id) };
   }
 
   /** Forgets restart requests every worker has had a minute to see. */

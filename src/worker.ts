@@ -97,7 +97,7 @@ export class Worker {
   #blocked: WorkerStatus["blocked"] = null;
   #schemaMissing = false;
   #storedSinceCollect = 0;
-  #restartsSeen = 0;
+  #restartsSeen = { table: 0, id: 0 };
   #restartPending = false;
   #lastRestartAt = 0;
 
@@ -136,7 +136,7 @@ export class Worker {
     });
     this.#db = await this.#connect();
     await this.#checkIdentity(this.#db.sql);
-    this.#restartsSeen = await this.#db.queue.lastRestartRequest().catch(() => 0);
+    this.#restartsSeen = await this.#db.queue.lastRestartRequest().catch(() => ({ table: 0, id: 0 }));
     await this.#reap();
     this.#state = "running";
     this.#kick(); // the listener's catch-up ran before the connections were in place
@@ -281,13 +281,15 @@ export class Worker {
    */
   async #restartIfAsked(): Promise<void> {
     if (!this.#db || this.#stopping) return;
-    let latest: number;
+    let latest: { table: number; id: number };
     try {
       latest = await this.#db.queue.lastRestartRequest();
     } catch (error) {
       return this.#fail("cannot read restart requests", error);
     }
-    if (latest <= this.#restartsSeen) return;
+    // another table: schema net was installed anew and its ids start again
+    const seen = latest.table === this.#restartsSeen.table ? this.#restartsSeen.id : 0;
+    if (latest.id <= seen) return;
     this.#restartsSeen = latest;
     if (this.#restartPending) return;
     this.#restartPending = true;
@@ -439,7 +441,8 @@ export class Worker {
     }
     this.#count(row);
     // the stored text, and the driver's copy of it while it is sent
-    hold?.shrink(row.content === null ? 1024 : 2 * hold.bodyBytes + 1024);
+    // (raw bytes are held as well, and sent as hex: four times their size)
+    hold?.shrink((row.content === null ? 0 : 2 * hold.bodyBytes) + (row.body === null ? 0 : 4 * hold.bodyBytes) + 1024);
     this.#writer.push(row, hold);
     if (this.#backlog) this.#kick();
   }
@@ -474,7 +477,8 @@ export class Worker {
         this.#kick();
       }
     } catch (error) {
-      this.#fail("cannot reclaim expired leases", error);
+      // while schema net is missing the pump says so, once
+      if (!SCHEMA_MISSING.has(errorCode(error) ?? "")) this.#fail("cannot reclaim expired leases", error);
     }
   }
 

@@ -49,6 +49,7 @@ export class Writer {
   #writing: Promise<void> | null = null;
   #deadline = Number.POSITIVE_INFINITY;
   #lost = 0;
+  #droppedWithSchema = 0;
 
   constructor(options: WriterOptions) {
     this.#options = options;
@@ -134,13 +135,17 @@ export class Writer {
     try {
       const rows = batch.map((item) => item.row);
       const bytes = batch.reduce((sum, item) => sum + item.bytes, 0);
-      if (bytes / batch.length > 4096) await queue.storeRows(rows);
+      if (bytes / batch.length > 4096 || rows.some((row) => row.body !== null)) await queue.storeRows(rows);
       else await queue.store(rows);
     } catch (error) {
       const code = errorCode(error) ?? "";
       if (SCHEMA_MISSING.has(code)) {
-        // their queue rows went with the schema; a new install restarts ids at 1, so never store them there
-        this.#options.onFail(`schema net is gone: dropping ${batch.length} results of requests it held`, error);
+        // their queue rows went with the schema; a new install restarts ids at 1, so never store them there.
+        // Said once, however many writes find it gone; the count comes when writes succeed again.
+        if (this.#droppedWithSchema === 0) {
+          this.#options.onFail("schema net is gone: dropping the results of requests it held", error);
+        }
+        this.#droppedWithSchema += batch.length;
         this.#done(batch);
         return [];
       }
@@ -161,6 +166,13 @@ export class Writer {
       return await this.#storeRefused(batch[0]!, error);
     }
     this.#done(batch);
+    if (this.#droppedWithSchema > 0) {
+      this.#options.onFail(
+        `dropped ${this.#droppedWithSchema} results while schema net was gone`,
+        new Error("their requests went with the schema"),
+      );
+      this.#droppedWithSchema = 0;
+    }
     this.#options.onStored(batch.map((item) => item.row));
     return [];
   }
@@ -177,6 +189,7 @@ export class Writer {
       content: null,
       timed_out: false,
       error_msg: message,
+      body: null,
     };
     try {
       await this.#options.queue().storeRows([row]);
@@ -212,7 +225,7 @@ export class Writer {
 
 /** What a row adds to a write statement, roughly: its body and headers, and a little for the rest. */
 function rowBytes(row: ResponseRow): number {
-  let bytes = 128 + (row.content?.length ?? 0) + (row.error_msg?.length ?? 0);
+  let bytes = 128 + (row.content?.length ?? 0) + (row.error_msg?.length ?? 0) + 2 * (row.body?.byteLength ?? 0);
   if (row.headers) { for (const name in row.headers) bytes += name.length + row.headers[name]!.length + 6; }
   return bytes;
 }

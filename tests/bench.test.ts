@@ -24,6 +24,9 @@ test("npm run bench -- --quick --json reports every scenario", () => {
       "backlog",
       "target ceiling",
       "large:",
+      "enqueue: http_get",
+      "enqueue: http_post",
+      "latency p50 after 2.5 s idle",
       "latency p50 with",
       "idle statements",
     ]

@@ -115,6 +115,26 @@ describe("commands", () => {
     expect(row!.gone).toBe(true);
   });
 
+  test("install --unlogged leaves the queue and response tables unlogged", async () => {
+    const persistence = async () =>
+      (await db.sql`
+        select relname, relpersistence from pg_class
+         where relnamespace = 'net'::regnamespace and relname in ('http_request_queue', '_http_response')
+         order by relname
+      `).map((r) => `${r.relname}:${r.relpersistence}`);
+    try {
+      const result = runPgnet(["install", "--unlogged", "--database", db.url]);
+      expect(result.code).toBe(0);
+      expect(result.stderr).toContain("queue and response tables are unlogged");
+      expect(await persistence()).toEqual(["_http_response:u", "http_request_queue:u"]);
+    } finally {
+      // back to pgnet's default for the tests that follow
+      await db.sql`alter table if exists net.http_request_queue set logged`;
+      await db.sql`alter table if exists net._http_response set logged`;
+    }
+    expect(await persistence()).toEqual(["_http_response:p", "http_request_queue:p"]);
+  });
+
   test("--database takes a database name, the rest from PG* variables", () => {
     const u = new URL(db.url);
     const env = cleanEnv({
@@ -200,6 +220,117 @@ describe("run", () => {
       expect(after).toHaveLength(1);
     } finally {
       expect(await pgnet.stop()).toBe(0);
+    }
+  });
+
+  test("PGNET_BATCH_SIZE and PGNET_TTL in pgnet run's environment reach the worker, reported as from env", async () => {
+    const env = cleanEnv({ PGNET_BATCH_SIZE: "7", PGNET_TTL: "90s" });
+    const pgnet = new PgnetProcess(["--database", db.url, "--status-port", "0"], { env });
+    try {
+      const url = await pgnet.statusUrl();
+      expect((await getJson(`${url}/status`)).body).toMatchObject({
+        settings: { batchSize: 7, ttlSeconds: 90 },
+        sources: { batchSize: "env", ttlSeconds: "env" },
+      });
+    } finally {
+      expect(await pgnet.stop()).toBe(0);
+    }
+  });
+
+  test("at debug level the logs hold no request header, body, query or URL password, even of failed requests", async () => {
+    // each secret is a string found nowhere else; pgnet's own credentials are checked too
+    const secret = {
+      header: "hdr-8c1f0e7a",
+      body: "body-5b93d2c4",
+      query: "query-2e7a91f0",
+      param: "param-d04b6e13",
+      password: "pw-7f3ac58e",
+      badHeader: "crlf-91e2b7d0",
+      objectHeader: "obj-4a6c03f9",
+      token: "token-c2e85b17",
+      database: decodeURIComponent(new URL(db.url).password),
+    };
+    const closed = await Fixture.start();
+    const refused = closed.url("/");
+    await closed.stop();
+    const destinations: [string, string][] = [
+      ["success", fixture.url("/echo")],
+      ["not found", fixture.url("/status/404")],
+      ["timeout", fixture.url("/delay/3000")], // not /never: a later test counts the requests that reach it
+      ["refused", refused],
+      ["unresolved", "http://no-such-host.invalid/"],
+      ["denied", "http://169.254.169.254/latest"],
+    ];
+    const pgnet = new PgnetProcess([
+      "--database",
+      db.url,
+      "--status-port",
+      "0",
+      "--status-token",
+      secret.token,
+      "--log-level",
+      "debug",
+      "--log-format",
+      "json",
+    ]);
+    try {
+      await pgnet.waitForLine(/"msg":"status server listening"/);
+      const json = (value: unknown) => JSON.stringify(value);
+      const headers = json({ Authorization: `Bearer ${secret.header}`, "X-Api-Key": secret.header });
+      const params = json({ key: secret.param });
+      const body = json({ secret: secret.body });
+      const ids: Record<string, string> = {};
+      for (const [name, url] of destinations) {
+        const target = `${url}?token=${secret.query}`;
+        const [row] = await db.sql`
+          select net.http_get(${target}, ${params}::text::jsonb, ${headers}::text::jsonb, 500) as get,
+                 net.http_post(${target}, ${body}::text::jsonb, ${params}::text::jsonb, ${headers}::text::jsonb, 500)
+                   as post
+        `;
+        ids[`${name} GET`] = row!.get;
+        ids[`${name} POST`] = row!.post;
+      }
+      const crlf = json({ "X-Bad": `${secret.badHeader}\r\nX: 1` });
+      const object = json({ "X-Obj": { v: secret.objectHeader } });
+      const [bad] = await db.sql`
+        select net.http_get(${`http://user:${secret.password}@127.0.0.1:${fixture.port}/echo`}) as password,
+               net.http_get(${fixture.url("/echo")}, headers => ${crlf}::text::jsonb) as crlf,
+               net.http_get(${fixture.url("/echo")}, headers => ${object}::text::jsonb) as object
+      `;
+      Object.assign(ids, bad);
+      const outcome: Record<string, unknown> = {};
+      for (const [name, id] of Object.entries(ids)) {
+        const row = await responseFor(db.sql, id);
+        outcome[name] = row.timed_out ? "timed out" : row.error_msg ? "error" : row.status_code;
+      }
+      // every path ran: answered, refused before sending, and failed in each way
+      expect(outcome).toEqual({
+        "success GET": 200,
+        "success POST": 200,
+        "not found GET": 404,
+        "not found POST": 404,
+        "timeout GET": "timed out",
+        "timeout POST": "timed out",
+        "refused GET": "error",
+        "refused POST": "error",
+        "unresolved GET": "error",
+        "unresolved POST": "error",
+        "denied GET": "error",
+        "denied POST": "error",
+        password: 200,
+        crlf: "error",
+        object: "error",
+      });
+      // the secrets did go out (and /echo stored them in its responses): pgnet had them in hand
+      const wire = JSON.stringify(fixture.requests.map((r) => [r.target, r.headers, r.body.toString("utf8")]));
+      for (const value of [secret.header, secret.body, secret.query, secret.param]) expect(wire).toContain(value);
+    } finally {
+      expect(await pgnet.stop()).toBe(0);
+    }
+    expect(pgnet.lines.some((l) => l.includes('"msg":"worker started"'))).toBe(true);
+    for (const line of pgnet.lines) expect(() => JSON.parse(line)).not.toThrow();
+    for (const [name, value] of Object.entries(secret)) {
+      expect({ name, lines: pgnet.lines.filter((l) => l.includes(value)) }).toEqual({ name, lines: [] });
     }
   });
 
@@ -363,19 +494,38 @@ describe("signals to a process group", () => {
 });
 
 describe("Deno", () => {
-  test.skipIf(!existsSync(deno))("pgnet runs under Deno too: it serves health and sends a request", async () => {
-    const command = [deno, "run", "--allow-all", `--config=${join(ROOT, "deno.json")}`, join(ROOT, "main.ts")];
-    const pgnet = new PgnetProcess(["--database", db.url, "--status-port", "0"], { command });
-    try {
-      const url = await pgnet.statusUrl();
-      expect((await getJson(`${url}/health`)).status).toBe(200);
-      const id = (await db.sql`select net.http_get(${fixture.url("/headers")}) as id`)[0]!.id;
-      const row = await responseFor(db.sql, id);
-      expect([row.status_code, row.content]).toEqual([200, "with headers"]);
-    } finally {
-      expect(await pgnet.stop()).toBe(0);
-    }
-  }, 60_000);
+  test.skipIf(!existsSync(deno))(
+    "pgnet runs under Deno too: health, a request, header spelling, binary bodies both ways",
+    async () => {
+      const command = [deno, "run", "--allow-all", `--config=${join(ROOT, "deno.json")}`, join(ROOT, "main.ts")];
+      const pgnet = new PgnetProcess(["--database", db.url, "--status-port", "0"], { command });
+      try {
+        const url = await pgnet.statusUrl();
+        expect((await getJson(`${url}/health`)).status).toBe(200);
+        const id = (await db.sql`select net.http_get(${fixture.url("/headers")}) as id`)[0]!.id;
+        const row = await responseFor(db.sql, id);
+        expect([row.status_code, row.content]).toEqual([200, "with headers"]);
+        expect(row.headers).toMatchObject({ ETag: '"v1"', "X-Custom": "spaced" }); // spelled as sent
+        // the request API: a PATCH with a binary body, and a binary response kept byte for byte
+        const bytes = Buffer.from([0, 159, 146, 150, 255]);
+        const [patch] = await db.sql`
+        select net.http_request(${fixture.url("/echo")}, 'PATCH', binary_body => ${bytes}::bytea) as id
+      `;
+        expect((await responseFor(db.sql, patch!.id)).status_code).toBe(200);
+        const received = fixture.requests.find((r) =>
+          r.headers.some(([n, v]) => n === "X-Pgnet-Request-Id" && v === patch!.id)
+        );
+        expect([received?.method, received?.body.equals(bytes)]).toEqual(["PATCH", true]);
+        const [binary] = await db.sql`select net.http_get(${fixture.url(`/bytes?hex=${bytes.toString("hex")}`)}) as id`;
+        await responseFor(db.sql, binary!.id);
+        const [stored] = await db.sql`select body from net._http_response where id = ${binary!.id}`;
+        expect(Buffer.from(stored!.body).equals(bytes)).toBe(true);
+      } finally {
+        expect(await pgnet.stop()).toBe(0);
+      }
+    },
+    60_000,
+  );
 });
 
 describe("first run", () => {

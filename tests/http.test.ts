@@ -10,7 +10,8 @@ import { createServer as createTlsServer, type Server as TlsServer } from "node:
 import { type Agents, createAgents, type HttpOptions, performRequest } from "../src/http.ts";
 import { type Certificates, type KeyPair, makeCertificates } from "./helpers/tls.ts";
 import type { QueuedRequest, ResponseRow } from "../src/queue.ts";
-import { Fixture, header, type Received } from "./helpers/fixture.ts";
+import { resolveSettings } from "../src/config.ts";
+import { Fixture, header, type Received, sampleBody } from "./helpers/fixture.ts";
 
 const OPTIONS: HttpOptions = { maxResponseBytes: 1_000_000 };
 const TIMEOUT_MESSAGE =
@@ -154,6 +155,36 @@ describe("a successful response", () => {
     const { row } = await run({ url: fixture.url("/headers") });
     expect(row.headers!["X-Custom"]).toBe("spaced");
   });
+
+  test("a 50 KB body is stored byte for byte", async () => {
+    const expected = sampleBody(50_000);
+    const { row } = await run({ url: fixture.url("/text/50000") });
+    expect(row.status_code).toBe(200);
+    expect(row.error_msg).toBeNull();
+    expect(row.headers!["Content-Length"]).toBe(String(expected.length));
+    expect(Buffer.from(row.content!, "utf8").equals(expected)).toBe(true);
+  });
+
+  test("a chunked body sent in five chunks with pauses between them is stored byte for byte", async () => {
+    // every chunk boundary falls inside a multi-byte character: it must be decoded whole, not as U+FFFD
+    const expected = sampleBody(20_000);
+    const { row } = await run({ url: fixture.url("/chunked/20000?chunks=5&pause=100") });
+    expect(row.status_code).toBe(200);
+    expect(row.error_msg).toBeNull();
+    expect(row.headers!["Transfer-Encoding"]).toBe("chunked");
+    expect(row.content).not.toContain("\uFFFD");
+    expect(Buffer.from(row.content!, "utf8").equals(expected)).toBe(true);
+  });
+
+  test("a body with no Content-Length, ended by the server closing the connection, is stored byte for byte", async () => {
+    const expected = sampleBody(10_000);
+    const { row } = await run({ url: fixture.url("/close/10000?pause=100") });
+    expect(row.status_code).toBe(200);
+    expect(row.error_msg).toBeNull();
+    expect(row.headers).not.toHaveProperty("Content-Length");
+    expect(row.headers).not.toHaveProperty("Transfer-Encoding");
+    expect(Buffer.from(row.content!, "utf8").equals(expected)).toBe(true);
+  });
 });
 
 describe("request headers", () => {
@@ -273,6 +304,23 @@ describe("request headers", () => {
     const { row, id } = await run({ url: fixture.url("/echo"), headers: [1, 2] });
     expect(expectErrorRow(row, id)).toBe("headers must be a JSON object, got [1,2]");
     expect(fixture.requests.length).toBe(before);
+  });
+
+  test("credentials in the URL are sent as Basic auth, percent-decoded as libcurl sends them", async () => {
+    const { row, id } = await run({ url: `http://user:p%40ss@127.0.0.1:${fixture.port}/echo` });
+    expect(row.status_code).toBe(200);
+    const received = only(id);
+    expect(header(received, "Authorization")).toEqual([`Basic ${Buffer.from("user:p@ss").toString("base64")}`]);
+    expect(received.target).toBe("/echo"); // the credentials go in the header only
+  });
+
+  test("a caller's own Authorization header wins over credentials in the URL", async () => {
+    const { row, id } = await run({
+      url: `http://user:p%40ss@127.0.0.1:${fixture.port}/echo`,
+      headers: { authorization: "Bearer mine" },
+    });
+    expect(row.status_code).toBe(200);
+    expect(header(only(id), "Authorization")).toEqual(["Bearer mine"]);
   });
 
   test("headers that are a JSON string become an error row", async () => {
@@ -764,6 +812,38 @@ describe("response bodies", () => {
   test("a large body over maxResponseBytes becomes an error row too", async () => {
     const { row, id } = await run({ url: fixture.url("/huge/2000000") });
     expect(expectErrorRow(row, id)).toContain("Maximum file size exceeded");
+  });
+
+  describe("the default cap of 64 MiB", () => {
+    const MiB64 = 64 * 1024 * 1024;
+    const defaults: HttpOptions = { maxResponseBytes: resolveSettings({}).settings.maxResponseBytes };
+
+    test("is what --max-response-size defaults to", () => {
+      expect(defaults.maxResponseBytes).toBe(MiB64);
+    });
+
+    test("a body of exactly 64 MiB is returned whole", async () => {
+      const { row } = await run({ url: fixture.url(`/huge/${MiB64}`), timeoutMs: 30_000 }, defaults);
+      expect(row.error_msg).toBeNull();
+      expect(row.status_code).toBe(200);
+      expect(row.content!.length).toBe(MiB64);
+      expect(row.content === "a".repeat(MiB64)).toBe(true); // not toBe: a failure would print 64 MiB
+    }, 60_000);
+
+    test("a body of 64 MiB and one byte, announced by its Content-Length, is an error row", async () => {
+      const { row, id } = await run({ url: fixture.url(`/huge/${MiB64 + 1}`), timeoutMs: 30_000 }, defaults);
+      expect(expectErrorRow(row, id)).toStartWith("Maximum file size exceeded");
+    }, 60_000);
+
+    test("a body over 64 MiB without a Content-Length, chunked or ended by closing, is an error row", async () => {
+      for (const path of [`/chunked/${MiB64 + 1}?chunks=4&pause=0`, `/close/${MiB64 + 1}?pause=0`]) {
+        const { row, id } = await run({ url: fixture.url(path), timeoutMs: 30_000 }, defaults);
+        expect({ path, error: expectErrorRow(row, id) }).toEqual({
+          path,
+          error: expect.stringMatching(/^Maximum file size exceeded/),
+        });
+      }
+    }, 60_000);
   });
 });
 

@@ -1,6 +1,9 @@
 // Installing schema net: idempotent, safe under concurrency, versioned, refusing what it should not touch.
 
 import { afterAll, beforeAll, expect, test } from "bun:test";
+import { chmodSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { connect } from "../src/db.ts";
 import { install, installedVersion, setUnlogged, uninstall } from "../src/installer.ts";
 import { LATEST_VERSION, MIGRATIONS } from "../src/migrations.ts";
@@ -105,4 +108,40 @@ test("--unlogged makes the queue and response tables unlogged", async () => {
   await setUnlogged(db.sql);
   expect(await persistence()).toEqual(["_http_response:u", "http_request_queue:u"]);
   await uninstall(db.sql);
+});
+
+// A real extension named pg_net: its control and script files live in a temporary directory that PostgreSQL 18's
+// extension_control_path (a superuser setting, set for one transaction) points at; the script only creates
+// schema net, as pg_net's does.
+test("a database where the pg_net extension is installed is refused until the extension is dropped", async () => {
+  const [server] = await db.sql`select current_setting('server_version_num')::int as version`;
+  expect(server!.version).toBeGreaterThanOrEqual(180000); // extension_control_path is new in PostgreSQL 18
+  const dir = mkdtempSync(join(tmpdir(), "pgnet-extension-"));
+  try {
+    // the server may run as another account than the tests (when they run as root): it must read the files
+    chmodSync(dir, 0o755);
+    mkdirSync(join(dir, "extension"), { mode: 0o755 });
+    writeFileSync(join(dir, "extension", "pg_net.control"), "default_version = '0.20.4'\nrelocatable = false\n", {
+      mode: 0o644,
+    });
+    writeFileSync(join(dir, "extension", "pg_net--0.20.4.sql"), "create schema net;\n", { mode: 0o644 });
+    await db.sql.begin(async (tx) => {
+      await tx.unsafe(`set local extension_control_path = '$system:${dir}'`);
+      await tx`create extension pg_net`;
+    });
+    try {
+      await expect(install(db.sql)).rejects.toMatchObject({
+        code: "PG_NET_INSTALLED",
+        message: expect.stringContaining("The pg_net extension is installed in this database"),
+      });
+      const [left] = await db.sql`select to_regclass('net._pgnet_migrations') is null as untouched`;
+      expect(left!.untouched).toBe(true);
+    } finally {
+      await db.sql`drop extension if exists pg_net`;
+    }
+    expect(await install(db.sql)).toEqual({ applied: MIGRATIONS.map((m) => m.version), version: LATEST_VERSION });
+    await uninstall(db.sql);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });

@@ -85,6 +85,7 @@ describe("signatures", () => {
       "error_msg text",
       "created timestamp with time zone",
       "enqueued_by name", // pgnet's: the role the response belongs to
+      "body bytea", // pgnet's: the exact bytes, when they are not text or were asked for
     ]);
   });
 
@@ -97,7 +98,10 @@ describe("signatures", () => {
     const [ok] = await db
       .sql`select 'Get'::net.http_method as a, 'post'::net.http_method as b, 'DELETE'::net.http_method as c`;
     expect(ok).toEqual({ a: "Get", b: "post", c: "DELETE" });
-    await expect(db.sql`select 'PUT'::net.http_method`).rejects.toThrow(/http_method_check/);
+    // pgnet's domain takes every method token (pg_net's only GET, POST and DELETE), and nothing else
+    const [put] = await db.sql`select 'PUT'::net.http_method as v`;
+    expect(put!.v).toBe("PUT");
+    await expect(db.sql`select 'GET /x'::net.http_method`).rejects.toThrow(/http_method_check/);
   });
 
   test("http_delete accepts one to four positional arguments and takes body last", async () => {
@@ -188,6 +192,37 @@ describe("URLs", () => {
   test.each(normalised)("_encode_url_with_params_array(%p, %p) gives %p", async (url, params, result) => {
     const [row] = await db.sql`select net._encode_url_with_params_array(${url}, ${params}::text[]) as v`;
     expect(row!.v).toBe(result);
+  });
+
+  test("the enqueue's shortcut for plain URLs stores exactly what the full parser returns", async () => {
+    // URLs the shortcut takes (lower-case http(s), plain host, short port, a path, no dot-segment, no fragment)
+    // and URLs just outside it, which go through the parser: either way the stored URL is the parser's
+    const urls = [
+      "http://example.com/",
+      "https://api.example.com/v1/hooks?id=42&x=a,b",
+      "http://127.0.0.1:8080/p/q;r=1?",
+      "http://localhost:9999/%7Euser/?a=b/c?d",
+      "http://localhost:09/x",
+      "http://localhost:65535/x",
+      "HTTP://Example.com/Case",
+      "http://example.com",
+      "http://example.com/./a/../b",
+      "http://example.com/.well-known/x",
+      "http://example.com/p#frag",
+      "http://user:pw@example.com/",
+      "http://[::1]:8080/x",
+      "http://exa_mple.com/x",
+      "http://example.com/ü",
+    ];
+    for (const url of urls) {
+      const [{ id }] = await db.sql`select net.http_get(${url}) as id` as unknown as [{ id: string }];
+      const [row] = await db.sql`
+        select (select url from net.http_request_queue where id = ${id}) as stored,
+               net._encode_url_with_params_array(${url}, '{}') as parsed
+      `;
+      expect({ url, stored: row!.stored }).toEqual({ url, stored: row!.parsed });
+    }
+    await db.sql`delete from net.http_request_queue`;
   });
 
   test("NULL elements are skipped and a NULL url or array gives NULL", async () => {

@@ -40,6 +40,26 @@ test("GET /health is 503 with the reason when the worker made no progress for th
   expect(await response.json()).toMatchObject({ ok: false, reason: expect.stringMatching(/^no progress for \d+ s$/) });
 });
 
+/** The app over a snapshot of the worker's status with `changes`, asked at `ageMs` after its last progress. */
+async function healthAt(ageMs: number, changes: { pollIntervalMs?: number } = {}): Promise<number> {
+  const snapshot = worker.status();
+  const status = { ...snapshot, settings: { ...snapshot.settings, ...changes } };
+  const frozen = { status: () => status, reload: () => worker.reload(), restart: () => worker.restart() };
+  const response = await app({ worker: frozen, now: () => status.lastProgressAt + ageMs }).request("/health");
+  return response.status;
+}
+
+test("GET /health waits 10 s at least: with a 200 ms poll interval it is 200 at 9.9 s without progress, 503 at 10.1 s", async () => {
+  expect(worker.status().settings.pollIntervalMs).toBe(200); // three polls would be 600 ms
+  expect(await healthAt(9_900)).toBe(200);
+  expect(await healthAt(10_100)).toBe(503);
+});
+
+test("GET /health waits three poll intervals when they are longer: with 5 s, 200 at 14.9 s, 503 at 15.1 s", async () => {
+  expect(await healthAt(14_900, { pollIntervalMs: 5000 })).toBe(200);
+  expect(await healthAt(15_100, { pollIntervalMs: 5000 })).toBe(503);
+});
+
 test("GET /status reports version, database, queue depth, counters, settings and their sources", async () => {
   await db.sql`insert into net.http_request_queue (method, url, timeout_milliseconds, not_before)
                values ('GET', 'http://localhost/', 1000, now() + interval '1 hour')`;

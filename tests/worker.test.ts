@@ -3,6 +3,7 @@
 import { afterAll, afterEach, beforeAll, describe, expect, test } from "bun:test";
 import { createDatabase, type TestDatabase } from "./helpers/cluster.ts";
 import { Fixture, header } from "./helpers/fixture.ts";
+import { install, uninstall } from "../src/installer.ts";
 import { memoryLogger, responseFor, startWorker, waitFor } from "./helpers/worker.ts";
 import { VERSION } from "../src/version.ts";
 import type { Worker } from "../src/worker.ts";
@@ -30,6 +31,38 @@ async function one<T = Record<string, unknown>>(query: Promise<unknown>): Promis
 
 async function enqueue(query: Promise<unknown>): Promise<string> {
   return (await one<{ id: string }>(query)).id;
+}
+
+/** The pids of the worker's LISTEN sessions in this database. */
+async function listenerPids(): Promise<number[]> {
+  return (await db.sql`
+    select pid from pg_stat_activity where datname = ${db.name} and application_name like 'pgnet % worker'
+  `).map((r) => r.pid as number);
+}
+
+/** Waits until the worker listens on one session, other than `before`. */
+async function newListener(before: number): Promise<void> {
+  let seen: number[] = [];
+  await waitFor(
+    async () => {
+      seen = await listenerPids();
+      return seen.length === 1 && seen[0] !== before;
+    },
+    5000,
+    `one listener session other than ${before}`,
+  ).catch((e) => {
+    throw new Error(`${e.message}: now ${JSON.stringify(seen)}`);
+  });
+}
+
+/**
+ * How many times the fixture received each of `ids` on `path`, counting from its `from`th request (ids start
+ * again at 1 after a new install, so earlier requests may carry the same ones).
+ */
+function deliveries(path: string, ids: string[], from: number): number[] {
+  const received = fixture.requests.slice(from).filter((r) => r.path === path)
+    .map((r) => header(r, "X-Pgnet-Request-Id")[0]);
+  return ids.map((id) => received.filter((r) => r === id).length);
 }
 
 describe("requests", () => {
@@ -282,34 +315,161 @@ describe("worker functions", () => {
   test("worker_restart() makes the worker reconnect and re-read its settings", async () => {
     const logger = memoryLogger();
     worker = await startWorker(db.url, {}, logger);
-    const pids = async () =>
-      (await db.sql`
-      select pid from pg_stat_activity where datname = ${db.name} and application_name like 'pgnet % worker'
-    `).map((r) => r.pid);
-    const [before] = await pids();
+    const [before] = await listenerPids();
     await db.sql`alter role postgres set pg_net.batch_size = 17`;
     try {
       await db.sql`select net.worker_restart()`;
       await waitFor(() => logger.lines.some((l) => l.includes("worker restarted")), 5000, "the restart");
-      let seen: unknown[] = [];
-      const after = await waitFor(
-        async () => {
-          const now = await pids();
-          seen = now;
-          return now.length === 1 && now[0] !== before ? now : null;
-        },
-        5000,
-        "a new listener session",
-      ).catch((e) => {
-        throw new Error(`${e.message}: before=${before} now=${seen}`);
-      });
-      expect(after).toHaveLength(1);
+      await newListener(before!);
       expect(worker.settings.batchSize).toBe(17);
       const id = await enqueue(db.sql`select net.http_get(${fixture.url("/status/200")}) as id`);
       expect((await responseFor(db.sql, id)).status_code).toBe(200);
     } finally {
       await db.sql`alter role postgres reset pg_net.batch_size`;
     }
+  });
+});
+
+describe("worker_restart()", () => {
+  test("requests in flight during a restart carry on: each is delivered once and its response stored", async () => {
+    const logger = memoryLogger();
+    worker = await startWorker(db.url, {}, logger);
+    const [before] = await listenerPids();
+    const from = fixture.requests.length;
+    const ids = (await db.sql`select net.http_get(${fixture.url("/delay/2000")}) as id from generate_series(1, 5)`)
+      .map((r) => r.id as string);
+    await waitFor(
+      () => deliveries("/delay/2000", ids, from).every((n) => n === 1),
+      5000,
+      "the requests to be in flight",
+    );
+    await db.sql`select net.worker_restart()`;
+    await waitFor(() => logger.lines.some((l) => l.includes("worker restarted")), 5000, "the restart");
+    await newListener(before!);
+    // the restart is over while all five are still waiting for their answers
+    expect(worker.status().inFlight).toBe(5);
+    const [early] = await db.sql`select count(*)::int as n from net._http_response where id = any(${ids}::bigint[])`;
+    expect(early!.n).toBe(0);
+    await waitFor(
+      async () => {
+        const [row] = await db.sql`select count(*)::int as n from net._http_response where id = any(${ids}::bigint[])`;
+        return row!.n === 5;
+      },
+      10_000,
+      "the five responses",
+    );
+    const rows = await db.sql`select status_code, content from net._http_response where id = any(${ids}::bigint[])`;
+    expect(rows.map((r) => [r.status_code, r.content])).toEqual(Array(5).fill([200, "done"]));
+    await worker.idle();
+    expect(deliveries("/delay/2000", ids, from)).toEqual([1, 1, 1, 1, 1]);
+  });
+
+  test("a rolled-back worker_restart() leaves the worker's session alone; a committed one replaces it", async () => {
+    const logger = memoryLogger();
+    worker = await startWorker(db.url, {}, logger);
+    const [before] = await listenerPids();
+    await db.sql.begin(async (tx) => {
+      await tx`select net.worker_restart()`;
+      throw new Error("roll back");
+    }).catch(() => {});
+    // a request committed after the rollback is answered: the worker has handled every notification before it
+    const id = await enqueue(db.sql`select net.http_get(${fixture.url("/status/200")}) as id`);
+    expect((await responseFor(db.sql, id)).status_code).toBe(200);
+    await Bun.sleep(500); // nothing to wait for: a restart, had one been asked for, would have begun by now
+    expect(logger.lines.filter((l) => l.includes("worker restart"))).toEqual([]);
+    expect(await listenerPids()).toEqual([before!]);
+    await db.sql`select net.worker_restart()`;
+    await waitFor(() => logger.lines.some((l) => l.includes("worker restarted")), 5000, "the restart");
+    await newListener(before!);
+  });
+});
+
+describe("schema net dropped under a running worker", () => {
+  /** The worker's "schema net is gone" lines, and the count it gives once writes succeed again. */
+  const gone = (lines: string[]) => lines.filter((l) => l.includes("schema net is gone: dropping the results"));
+  const dropped = (lines: string[]) =>
+    lines.flatMap((l) => /dropped (\d+) results while schema net was gone/.exec(l)?.[1] ?? []).map(Number);
+
+  test("their results are dropped, the worker keeps running, and after install it answers anew", async () => {
+    const logger = memoryLogger();
+    worker = await startWorker(db.url, { "poll-interval": "100ms" }, logger);
+    const from = fixture.requests.length;
+    const ids = (await db.sql`select net.http_get(${fixture.url("/delay/1500")}) as id from generate_series(1, 5)`)
+      .map((r) => r.id as string);
+    await waitFor(
+      () => deliveries("/delay/1500", ids, from).every((n) => n === 1),
+      5000,
+      "the requests to be in flight",
+    );
+    try {
+      await uninstall(db.sql);
+      await waitFor(() => gone(logger.lines).length === 1, 10_000, "the results to be dropped");
+      await worker.idle();
+      expect(worker.status()).toMatchObject({ state: "running", inFlight: 0, pendingWrites: 0 });
+      expect(logger.lines.filter((l) => l.includes("schema net is missing or incomplete"))).toHaveLength(1);
+    } finally {
+      await install(db.sql);
+    }
+    const id = await enqueue(db.sql`select net.http_get(${fixture.url("/status/207")}) as id`);
+    const row = await responseFor(db.sql, id);
+    expect([row.status_code, row.content, row.error_msg]).toEqual([207, "status 207", null]);
+    // the new schema's ids start again at 1: none of the old results was stored under them
+    const stored = await db.sql`select id, status_code from net._http_response`;
+    expect(stored.map((r) => ({ ...r }))).toEqual([{ id, status_code: 207 }]);
+    expect(deliveries("/delay/1500", ids, from)).toEqual([1, 1, 1, 1, 1]);
+  });
+
+  test("the results it drops are reported in one line, however many writes they arrive in, and counted after", async () => {
+    const logger = memoryLogger();
+    worker = await startWorker(db.url, { "poll-interval": "100ms" }, logger);
+    const from = fixture.requests.length;
+    const ids = (await db.sql`select net.http_get(${fixture.url("/delay/1500")}) as id from generate_series(1, 5)`)
+      .map((r) => r.id as string);
+    await waitFor(
+      () => deliveries("/delay/1500", ids, from).every((n) => n === 1),
+      5000,
+      "the requests to be in flight",
+    );
+    try {
+      await uninstall(db.sql);
+      await waitFor(() => worker!.status().inFlight === 0, 10_000, "the requests to finish");
+      await worker.idle();
+      expect(gone(logger.lines)).toHaveLength(1);
+    } finally {
+      await install(db.sql);
+    }
+    // the count comes with the first write after the schema is back
+    const id = await enqueue(db.sql`select net.http_get(${fixture.url("/status/200")}) as id`);
+    await responseFor(db.sql, id);
+    await waitFor(() => dropped(logger.lines).length === 1, 5000, "the count of dropped results");
+    expect(dropped(logger.lines)).toEqual([5]);
+  });
+
+  test("while schema net is gone the worker says so once, however many lease renewals pass", async () => {
+    const logger = memoryLogger();
+    worker = await startWorker(db.url, { lease: "1s", "poll-interval": "100ms" }, logger);
+    try {
+      await uninstall(db.sql);
+      await Bun.sleep(1500); // four lease renewals: nothing to wait for, the point is that nothing more is said
+      expect(logger.lines.filter((l) => l.includes("ERROR"))).toEqual([
+        expect.stringContaining("schema net is missing or incomplete"),
+      ]);
+    } finally {
+      await install(db.sql);
+    }
+  });
+
+  test("after schema net is installed again, worker_restart() still restarts the worker", async () => {
+    const logger = memoryLogger();
+    worker = await startWorker(db.url, {}, logger);
+    await db.sql`select net.worker_restart()`;
+    await waitFor(() => logger.lines.some((l) => l.includes("worker restarted")), 5000, "the first restart");
+    await uninstall(db.sql);
+    await install(db.sql);
+    const [before] = await listenerPids();
+    await Bun.sleep(1000); // restarts are at least a second apart
+    await db.sql`select net.worker_restart()`;
+    await newListener(before!);
   });
 });
 
@@ -329,6 +489,35 @@ describe("settings from the database", () => {
     } finally {
       await db.sql`alter role postgres reset pg_net.batch_size`;
       await db.sql`alter role postgres reset pg_net.ttl`;
+    }
+  });
+
+  test("pg_net.batch_size set with ALTER DATABASE ... SET is read by a worker started afterwards", async () => {
+    await db.sql.unsafe(`alter database ${db.name} set pg_net.batch_size = 33`);
+    try {
+      worker = await startWorker(db.url);
+      expect(worker.status().settings.batchSize).toBe(33);
+      expect(worker.status().sources.batchSize).toBe("database");
+    } finally {
+      await db.sql.unsafe(`alter database ${db.name} reset pg_net.batch_size`);
+    }
+  });
+
+  // PostgreSQL 18 takes ALTER SYSTEM for a prefixed custom setting with no placeholder (PostgreSQL 15 did not)
+  test("pg_net.ttl set with ALTER SYSTEM and pg_reload_conf() is read by a worker started afterwards", async () => {
+    /** what a session sees once the server has re-read its configuration */
+    const ttl = async () => (await db.sql`select current_setting('pg_net.ttl', true) as v`)[0]!.v as string | null;
+    await db.sql`alter system set pg_net.ttl = '2 hours'`;
+    try {
+      await db.sql`select pg_reload_conf()`;
+      await waitFor(async () => (await ttl()) === "2 hours", 5000, "the configuration to be reloaded");
+      worker = await startWorker(db.url);
+      expect(worker.status().settings.ttlSeconds).toBe(7200);
+      expect(worker.status().sources.ttlSeconds).toBe("database");
+    } finally {
+      await db.sql`alter system reset pg_net.ttl`;
+      await db.sql`select pg_reload_conf()`;
+      await waitFor(async () => !(await ttl()), 5000, "the configuration to be reloaded");
     }
   });
 

@@ -171,6 +171,36 @@ export class Fixture {
         return send({ headers: [["Content-Type", "text/plain"]], body: Buffer.alloc(Number(arg), "a") });
       case "empty":
         return send({});
+      case "text":
+        return send({ headers: [["Content-Type", "text/plain; charset=utf-8"]], body: sampleBody(Number(arg)) });
+      case "chunked": {
+        // sampleBody(arg) in ?chunks= chunks (3 unless told), ?pause= ms apart (50 unless told), each boundary
+        // inside a multi-byte character
+        const body = sampleBody(Number(arg));
+        const count = Number(query.get("chunks") ?? 3);
+        const pieces = splitInsideCharacters(body, count);
+        socket.write(
+          "HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\nTransfer-Encoding: chunked\r\n\r\n",
+        );
+        const next = () => {
+          if (socket.destroyed) return;
+          const piece = pieces.shift();
+          if (!piece) return void socket.write("0\r\n\r\n");
+          socket.write(Buffer.concat([Buffer.from(`${piece.length.toString(16)}\r\n`), piece, Buffer.from("\r\n")]));
+          setTimeout(next, Number(query.get("pause") ?? 50));
+        };
+        next();
+        return;
+      }
+      case "close": {
+        // no Content-Length, no chunks: sampleBody(arg) in two writes ?pause= ms apart (50 unless told), split inside
+        // a character, then the connection is closed to end the body
+        const [first, second] = splitInsideCharacters(sampleBody(Number(arg)), 2);
+        socket.write("HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n");
+        socket.write(first!);
+        setTimeout(() => socket.end(second ?? ""), Number(query.get("pause") ?? 50));
+        return;
+      }
       case "headers":
         return send({
           headers: [
@@ -186,6 +216,35 @@ export class Fixture {
         return send({ status: 404, body: "no such fixture route" });
     }
   }
+}
+
+const SAMPLE_LINE = (n: number) => `${String(n).padStart(6, "0")} héllo wörld ✓ naïve café\n`;
+
+/** A deterministic UTF-8 text body of at least `size` bytes (whole numbered lines, so no two lines are alike). */
+export function sampleBody(size: number): Buffer {
+  const lines: string[] = [];
+  let bytes = 0;
+  for (let n = 0; bytes < size; n++) {
+    const line = SAMPLE_LINE(n);
+    lines.push(line);
+    bytes += Buffer.byteLength(line);
+  }
+  return Buffer.from(lines.join(""));
+}
+
+/** Splits `body` into `count` pieces of about equal size, each ending with the first byte of a multi-byte character. */
+function splitInsideCharacters(body: Buffer, count: number): Buffer[] {
+  const pieces: Buffer[] = [];
+  let start = 0;
+  for (let i = 1; i < count; i++) {
+    let at = Math.max(start, Math.floor((body.length * i) / count));
+    while (at < body.length && body[at]! < 0xc0) at++; // a lead byte of a multi-byte character
+    if (at >= body.length - 1) break;
+    pieces.push(body.subarray(start, at + 1));
+    start = at + 1;
+  }
+  pieces.push(body.subarray(start));
+  return pieces;
 }
 
 function parseRequest(buffer: Buffer): { request: Received; consumed: number } | null {
