@@ -201,9 +201,10 @@ async function throughput(
  * µs per enqueue: `n` calls in one transaction by an ordinary role (row-level security applies), the way a
  * trigger on a busy table pays for them. Nothing is sent (no worker runs).
  */
-async function enqueueCost(ctx: Context, n: number, method: "GET" | "POST"): Promise<number> {
+async function enqueueCost(ctx: Context, n: number, method: "GET" | "POST", unlogged = false): Promise<number> {
   const db = await benchDatabase(ctx);
   try {
+    if (unlogged) await setUnlogged(db.sql);
     await db.sql.unsafe(
       `do $$ begin create role pgnet_bench_caller; exception when duplicate_object then null; end $$`,
     );
@@ -490,6 +491,9 @@ async function main(): Promise<void> {
       const n = quick ? 5000 : 100_000;
       report(`enqueue: http_get, ${n} in one transaction (µs each)`, await repeat(() => enqueueCost(ctx, n, "GET")));
       report(`enqueue: http_post 1KB (µs each)`, await repeat(() => enqueueCost(ctx, n, "POST")));
+      // pg_net's tables are unlogged: the same, without the write-ahead log
+      report(`enqueue: http_get, unlogged (µs each)`, await repeat(() => enqueueCost(ctx, n, "GET", true)));
+      report(`enqueue: http_post 1KB, unlogged (µs each)`, await repeat(() => enqueueCost(ctx, n, "POST", true)));
     }
     if (only.has("afteridle")) {
       const samples: Record<string, number[]> = { p50: [], p99: [] };

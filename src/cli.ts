@@ -43,7 +43,7 @@ export interface CliOptions {
   yes: boolean;
 }
 
-interface OptionSpec {
+export interface OptionSpec {
   env?: string;
   default?: string;
   help: string;
@@ -51,7 +51,8 @@ interface OptionSpec {
   short?: string;
 }
 
-const OPTIONS: Record<string, OptionSpec> = {
+/** Every flag: its environment variable, default and help line (--help and the README's table come from here). */
+export const OPTIONS: Readonly<Record<string, OptionSpec>> = {
   database: {
     type: "string",
     short: "d",

@@ -4,6 +4,8 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { existsSync } from "node:fs";
 import { createServer } from "node:net";
 import { join } from "node:path";
+import { OPTIONS } from "../src/cli.ts";
+import { SETTINGS } from "../src/config.ts";
 import { freePort } from "../src/embedded.ts";
 import { LATEST_VERSION } from "../src/migrations.ts";
 import { createDatabase, type TestDatabase } from "./helpers/cluster.ts";
@@ -43,24 +45,17 @@ describe("flags", () => {
   test("--help lists every flag with its default and environment variable", () => {
     const { code, stdout } = runPgnet(["--help"]);
     expect(code).toBe(0);
-    for (
-      const text of [
-        "--batch-size",
-        "default 200",
-        "PGNET_BATCH_SIZE",
-        "--ttl",
-        "default 6 hours",
-        "--concurrency",
-        "--poll-interval",
-        "--shutdown-timeout",
-        "--log-level",
-        "--log-format",
-        "--status-host",
-        "--status-port",
-      ]
-    ) {
-      expect(stdout).toContain(text);
+    const lines = stdout.split("\n");
+    for (const [name, option] of Object.entries(OPTIONS)) {
+      const line = lines.find((l) => l.includes(`--${name} `) || l.endsWith(`--${name}`) || l.includes(`--${name}  `));
+      expect({ name, listed: line !== undefined }).toEqual({ name, listed: true });
+      if (option.default !== undefined) {
+        expect({ name, line }).toEqual({ name, line: expect.stringContaining(`default ${option.default}`) });
+      }
+      if (option.env) expect({ name, line }).toEqual({ name, line: expect.stringContaining(`env ${option.env}`) });
     }
+    // and every setting of the settings table is one of them
+    for (const spec of SETTINGS) expect(Object.keys(OPTIONS)).toContain(spec.flag);
   });
 
   const bad: [string[], Record<string, string>, string][] = [

@@ -713,6 +713,12 @@ describe("timeouts", () => {
     const match = TIMEOUT_MESSAGE.exec(row.error_msg ?? "");
     expect(match).not.toBeNull();
     for (const figure of match!.slice(1)) expect(Number(figure)).toBeGreaterThan(0);
+    // the total is the timeout asked for (300 ms), not an early or a much later one
+    const total = Number(match![1]);
+    expect({ total, early: total < 300, late: total > 1300 }).toEqual({ total, early: false, late: false });
+    // and the parts add up to it
+    const parts = Number(match![2]) + Number(match![3]) + Number(match![4]);
+    expect(Math.abs(parts - total)).toBeLessThan(1);
   }
 
   test("a server that never answers produces a timeout row with pg_net's detailed message", async () => {
@@ -742,16 +748,16 @@ describe("timeouts", () => {
     expect(sent(id).map((r) => r.path)).toEqual(["/redirect/302", "/never"]);
   });
 
-  test("a timeout of 0 means no timeout, so a delayed answer still succeeds", async () => {
-    const { row } = await run({ url: fixture.url("/delay/300"), timeoutMs: 0 });
+  test("a timeout of 0 means no timeout: an answer later than the 5 s default still succeeds", async () => {
+    const { row } = await run({ url: fixture.url("/delay/5500"), timeoutMs: 0 });
     expect(row.status_code).toBe(200);
     expect(row.content).toBe("done");
     expect(row.timed_out).toBe(false);
     expect(row.error_msg).toBeNull();
   });
 
-  test("a negative timeout also means no timeout", async () => {
-    const { row } = await run({ url: fixture.url("/delay/50"), timeoutMs: -1 });
+  test("a negative timeout also means no timeout, past the 5 s default too", async () => {
+    const { row } = await run({ url: fixture.url("/delay/5500"), timeoutMs: -1 });
     expect(row.status_code).toBe(200);
     expect(row.content).toBe("done");
   });

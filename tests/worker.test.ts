@@ -153,6 +153,12 @@ describe("sliding window", () => {
     const slow = await enqueue(
       db.sql`select net.http_get(${fixture.url("/never")}, timeout_milliseconds => 3000) as id`,
     );
+    // the slow one is on the wire before any fast one is queued
+    await waitFor(
+      () => fixture.received("/never").some((r) => header(r, "X-Pgnet-Request-Id")[0] === slow),
+      5000,
+      "the slow request to be in flight",
+    );
     const fast = (await db.sql`select net.http_get(${fixture.url("/status/200")}) as id from generate_series(1, 40)`)
       .map((r) => r.id as string);
     await waitFor(
@@ -166,6 +172,7 @@ describe("sliding window", () => {
     // the slow request is still running: its response is not stored yet
     const [slowRow] = await db.sql`select count(*)::int as n from net._http_response where id = ${slow}`;
     expect(slowRow!.n).toBe(0);
+    expect(worker.status().inFlight).toBe(1);
     expect((await responseFor(db.sql, slow)).timed_out).toBe(true);
   });
 });
@@ -245,8 +252,12 @@ describe("waking", () => {
   });
 
   test("requests queued while no worker runs are processed when one starts", async () => {
+    // the premise: no worker serves this database (none leaked from another test) while the request waits
+    const workers = await db.sql`
+      select 1 from pg_stat_activity where datname = ${db.name} and application_name like 'pgnet % worker'
+    `;
+    expect(workers).toHaveLength(0);
     const id = await enqueue(db.sql`select net.http_get(${fixture.url("/status/204")}) as id`);
-    await Bun.sleep(100);
     expect(fixture.received("/status/204")).toHaveLength(0);
     worker = await startWorker(db.url, { "poll-interval": "1h" });
     const row = await responseFor(db.sql, id);
@@ -547,18 +558,35 @@ describe("TTL", () => {
       select 800000 + n, 200, now() - interval '2 hours' from generate_series(1, 25) n
     `;
     await db.sql`insert into net._http_response (id, status_code, created) values (800100, 200, now())`;
-    worker = await startWorker(db.url, { ttl: "1 hour", "batch-size": "10", "poll-interval": "100ms" });
-    await waitFor(
-      async () => {
-        const [row] = await db
-          .sql`select count(*)::int as n from net._http_response where id between 800001 and 800025`;
-        return row!.n === 0;
-      },
-      10_000,
-      "expired responses to be deleted",
-    );
-    const [kept] = await db.sql`select count(*)::int as n from net._http_response where id = 800100`;
-    expect(kept!.n).toBe(1);
+    // every delete statement the worker runs records how many rows it took
+    await db.sql.unsafe(`
+      create table public.ttl_deletes (n int);
+      grant insert on public.ttl_deletes to pgnet_worker;
+      create function public.ttl_count() returns trigger language plpgsql as $$
+      begin insert into public.ttl_deletes select count(*) from gone; return null; end $$;
+      create trigger ttl_count after delete on net._http_response referencing old table as gone
+        for each statement execute function public.ttl_count();
+    `);
+    try {
+      worker = await startWorker(db.url, { ttl: "1 hour", "batch-size": "10", "poll-interval": "100ms" });
+      await waitFor(
+        async () => {
+          const [row] = await db
+            .sql`select count(*)::int as n from net._http_response where id between 800001 and 800025`;
+          return row!.n === 0;
+        },
+        10_000,
+        "expired responses to be deleted",
+      );
+      const [kept] = await db.sql`select count(*)::int as n from net._http_response where id = 800100`;
+      expect(kept!.n).toBe(1);
+      // 25 expired rows, at most 10 a statement (batch-size): three statements, 10 + 10 + 5
+      const batches = (await db.sql`select n from public.ttl_deletes where n > 0`).map((r) => r.n);
+      expect(batches.sort((a, b) => b - a)).toEqual([10, 10, 5]);
+    } finally {
+      await db.sql.unsafe(`drop trigger ttl_count on net._http_response; drop table public.ttl_deletes;
+                          drop function public.ttl_count()`);
+    }
   });
 });
 

@@ -71,6 +71,10 @@ export function runPgnet(args: string[], options: { env?: Record<string, string>
 
 /** A running pgnet process, with its log lines. */
 export class PgnetProcess {
+  /** processes started and not exited yet: the test setup checks none outlives its test */
+  static readonly running = new Set<PgnetProcess>();
+  /** started in a process group of its own */
+  readonly detached: boolean;
   readonly lines: string[] = [];
   readonly child: ChildProcess;
   readonly exited: Promise<number | null>;
@@ -81,6 +85,7 @@ export class PgnetProcess {
     args: string[],
     options: { env?: Record<string, string>; cwd?: string; command?: string[]; detached?: boolean } = {},
   ) {
+    this.detached = options.detached ?? false;
     const [program, ...pre] = options.command ?? [binary()];
     this.child = spawn(program!, [...pre, ...args], {
       detached: options.detached ?? false,
@@ -97,7 +102,13 @@ export class PgnetProcess {
         this.lines.push(...parts);
       });
     }
-    this.exited = new Promise((resolve) => this.child.on("exit", (code) => resolve(code)));
+    PgnetProcess.running.add(this);
+    this.exited = new Promise((resolve) =>
+      this.child.on("exit", (code) => {
+        PgnetProcess.running.delete(this);
+        resolve(code);
+      })
+    );
   }
 
   async waitForLine(pattern: RegExp, timeoutMs = 20_000): Promise<RegExpExecArray> {

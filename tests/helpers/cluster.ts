@@ -62,7 +62,8 @@ export async function createDatabase(options: { installed?: boolean } = {}): Pro
   await admin.unsafe(`create database ${name}${options.installed === false ? "" : ` template ${TEMPLATE}`}`);
   const url = pg.url(name);
   // tests pass JS arrays as parameters, which postgres.js serialises only with fetch_types (see connect())
-  const open = () => connect({ url }, { max: 4, fetch_types: true });
+  // the tests' own sessions are named apart from pgnet's ("pgnet <version>"), so tests can count only pgnet's
+  const open = () => connect({ url }, { max: 4, fetch_types: true, connection: { application_name: "test suite" } });
   const db: TestDatabase = {
     name,
     url,

@@ -171,6 +171,17 @@ export class Fixture {
         return send({ headers: [["Content-Type", "text/plain"]], body: Buffer.alloc(Number(arg), "a") });
       case "empty":
         return send({});
+      case "race": {
+        // the first delivery of a request id is answered after `arg` ms with "first", any later one at once with
+        // "later": a lease race in which the second worker stores its result before the first
+        const id = request.headers.find(([n]) => n.toLowerCase() === "x-pgnet-request-id")?.[1] ?? "";
+        const deliveries = this.requests.filter((r) =>
+          r.path === request.path && header(r, "X-Pgnet-Request-Id")[0] === id
+        );
+        if (deliveries.length > 1) return send({ body: "later" });
+        setTimeout(() => send({ body: "first" }), Number(arg));
+        return;
+      }
       case "text":
         return send({ headers: [["Content-Type", "text/plain; charset=utf-8"]], body: sampleBody(Number(arg)) });
       case "chunked": {
