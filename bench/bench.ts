@@ -39,7 +39,10 @@ function large(n: number): Uint8Array<ArrayBuffer> {
   return body;
 }
 
-/** The HTTP target: GET/POST /fast answers at once, /slow/<ms> after a delay. Runs in its own process. */
+/**
+ * The HTTP target: GET/POST /fast answers at once, /slow/<ms> after a delay, /fail with a 503. Runs in its own
+ * process, on 127.0.0.1; names under localhost reach it too, each a host of its own for pgnet's per-host limits.
+ */
 function runTarget(): void {
   const server = Bun.serve({
     hostname: "127.0.0.1",
@@ -49,6 +52,7 @@ function runTarget(): void {
       if (request.body) await request.arrayBuffer();
       if (path.startsWith("/slow/")) await Bun.sleep(Number(path.slice(6)));
       if (path.startsWith("/bytes/")) return new Response(large(Number(path.slice(7))));
+      if (path === "/fail") return new Response("unavailable", { status: 503 });
       return new Response("ok");
     },
   });
@@ -170,7 +174,6 @@ async function waitStored(stored: Map<string, number>, count: number, timeoutMs:
   }
 }
 
-/** Requests/s from the commit of N requests until the last response row is stored. */
 /**
  * Requests/s from the commit of N requests until the last response row is stored, and the same counted from the
  * start of the statement that enqueued them (the enqueue is paid in the caller's transaction).
@@ -266,12 +269,17 @@ async function latency(ctx: Context, n: number): Promise<{ p50: number; p95: num
   }
 }
 
-/** 1,000 slow (2 s) and 1,000 fast requests committed together, slow ones first: when is the last fast one stored? */
-async function headOfLine(ctx: Context, n: number): Promise<number> {
+/**
+ * 1,000 slow (2 s) and 1,000 fast requests committed together, slow ones first: when is the last fast one stored?
+ * With `sameHost` both go to one host, which may have only a quarter of the window (--host-concurrency): the fast
+ * ones then wait their turn behind the slow ones, in order.
+ */
+async function headOfLine(ctx: Context, n: number, sameHost: boolean): Promise<number> {
   const run = await setup(ctx);
+  const slow = sameHost ? ctx.target : ctx.target.replace("127.0.0.1", "slow.localhost");
   try {
     const ids = await run.sql.begin(async (tx) => {
-      await tx`select net.http_get(${`${ctx.target}/slow/2000`}) from generate_series(1, ${n})`;
+      await tx`select net.http_get(${`${slow}/slow/2000`}) from generate_series(1, ${n})`;
       return (await tx`select net.http_get(${`${ctx.target}/fast`}) as id from generate_series(1, ${n})`).map((r) =>
         String(r.id)
       );
@@ -279,6 +287,42 @@ async function headOfLine(ctx: Context, n: number): Promise<number> {
     const committed = performance.now();
     await waitStored(run.stored, 2 * n, 60_000);
     return Math.max(...ids.map((id) => run.stored.get(id)!)) - committed;
+  } finally {
+    await run.teardown();
+  }
+}
+
+/**
+ * `n` requests spread over 10 hosts (h0…h9.localhost), committed together, each with a retry policy of 3
+ * attempts. With `faults`, h0 answers after 2 s and h1 always fails with 503 (so each of its requests is sent three
+ * times, 50–100 ms apart). Returns requests/s of the 8 healthy hosts: their count over the time to their last one.
+ */
+async function mixedHosts(ctx: Context, n: number, faults: boolean): Promise<number> {
+  const run = await setup(ctx);
+  const host = (i: number) => ctx.target.replace("127.0.0.1", `h${i}.localhost`);
+  const path = (i: number) => (faults && i === 0 ? "/slow/2000" : faults && i === 1 ? "/fail" : "/fast");
+  const policy = JSON.stringify({ max_attempts: 3, backoff_ms: 100 });
+  try {
+    const healthy = await run.sql.begin(async (tx) => {
+      const ids: string[] = [];
+      for (let i = 0; i < 10; i++) {
+        const rows = await tx`
+          select net.http_request(${`${host(i)}${path(i)}`}, retry => ${policy}::text::jsonb) as id
+            from generate_series(1, ${n / 10})
+        `;
+        if (i >= 2) ids.push(...rows.map((r) => String(r.id)));
+      }
+      return ids;
+    });
+    const committed = performance.now();
+    const deadline = performance.now() + 120_000;
+    while (!healthy.every((id) => run.stored.has(id))) {
+      if (performance.now() > deadline) throw new Error("the healthy hosts' responses did not all arrive in 120 s");
+      await Bun.sleep(5);
+    }
+    const last = Math.max(...healthy.map((id) => run.stored.get(id)!));
+    await waitStored(run.stored, n, 120_000);
+    return healthy.length / ((last - committed) / 1000);
   } finally {
     await run.teardown();
   }
@@ -416,7 +460,7 @@ async function main(): Promise<void> {
   });
   if (values.help) {
     console.log(
-      `Usage: npm run bench -- [--quick] [--runs N] [--only throughput,enqueue,latency,afteridle,hol,large,future,backlog,ceiling,idle] [--json] [--database URL]
+      `Usage: npm run bench -- [--quick] [--runs N] [--only throughput,enqueue,latency,afteridle,hol,mixed,large,future,backlog,ceiling,idle] [--json] [--database URL]
   --quick   small sizes, one run (a smoke test)
   --runs    repetitions of each scenario (default 3; medians with min and max)`,
     );
@@ -425,7 +469,7 @@ async function main(): Promise<void> {
   const quick = values.quick === true;
   const runs = Number(values.runs ?? (quick ? 1 : 3));
   const only = new Set(
-    (values.only ?? "throughput,enqueue,latency,afteridle,hol,large,future,backlog,ceiling,idle").split(","),
+    (values.only ?? "throughput,enqueue,latency,afteridle,hol,mixed,large,future,backlog,ceiling,idle").split(","),
   );
   const window = 2048; // pgnet's default --concurrency
   const pgnetEnv = {};
@@ -512,10 +556,23 @@ async function main(): Promise<void> {
       for (const k of ["p50", "p95", "p99"]) report(`latency ${k} commit→stored (ms)`, stat(samples[k]!));
     }
     if (only.has("hol")) {
+      const n = quick ? 100 : 1000;
       report(
-        "head-of-line: last fast of 1,000 (ms)",
-        await repeat(() => headOfLine(ctx, quick ? 100 : 1000)),
+        `head-of-line: last fast of ${n}, slow on another host (ms)`,
+        await repeat(() => headOfLine(ctx, n, false)),
       );
+      report(
+        `head-of-line: last fast of ${n}, slow on the same host (ms)`,
+        await repeat(() => headOfLine(ctx, n, true)),
+      );
+    }
+    if (only.has("mixed")) {
+      const n = quick ? 1000 : 10_000;
+      const healthy = await repeat(() => mixedHosts(ctx, n, false));
+      const mixed = await repeat(() => mixedHosts(ctx, n, true));
+      report(`mixed: ${n} over 10 healthy hosts, 8 hosts' rate (req/s)`, healthy);
+      report(`mixed: one slow host, one failing (retried), 8 healthy hosts' rate (req/s)`, mixed);
+      report("mixed: healthy hosts' rate against all healthy (%)", Math.round(100 * mixed.median / healthy.median));
     }
     if (only.has("backlog")) {
       const n = quick ? 5000 : 1_000_000;

@@ -2,6 +2,8 @@
 // (flag > environment variable > database setting pg_net.* > default).
 
 import { PgnetError } from "./errors.ts";
+import { type HostRule, parseHostRules } from "./limits.ts";
+import { parseRetryPolicyText, type RetryPolicy } from "./retry.ts";
 
 export interface WorkerSettings {
   /** rows claimed per query (pg_net.batch_size); also the TTL deletion batch */
@@ -30,6 +32,14 @@ export interface WorkerSettings {
   lockTimeoutMs: number;
   /** statement_timeout of pgnet's statements */
   statementTimeoutMs: number;
+  /** the retry policy of requests that have none of their own; null: each is sent once, as by pg_net */
+  retryPolicy: RetryPolicy | null;
+  /** requests that used up their retries are kept this long for net.retry() */
+  deadLetterTtlSeconds: number;
+  /** requests in flight to one host at most (unless a --host-limits rule says otherwise) */
+  hostConcurrency: number;
+  /** per-host-pattern concurrency and rate limits */
+  hostRules: HostRule[];
 }
 
 export type SettingKey = keyof WorkerSettings;
@@ -47,18 +57,27 @@ export type SettingFlag =
   | "max-write-size"
   | "max-attempts"
   | "lock-timeout"
-  | "statement-timeout";
+  | "statement-timeout"
+  | "retry-policy"
+  | "dead-letter-ttl"
+  | "host-concurrency"
+  | "host-limits";
 export type Source = "flag" | "env" | "database" | "default";
 
-interface Spec {
-  key: SettingKey;
+interface Spec<K extends SettingKey = SettingKey> {
+  key: K;
   flag: SettingFlag;
   env: string;
   /** the pg_net.* setting read with current_setting(name, true), if any */
   database?: string;
   default: string;
   help: string;
-  parse(text: string): number;
+  parse(text: string): WorkerSettings[K];
+}
+
+/** A setting's spec, typed by its key (so SETTINGS can hold settings of every type). */
+function spec<K extends SettingKey>(s: Spec<K>): Spec {
+  return s as unknown as Spec;
 }
 
 const MAX_INT = 2_147_483_647;
@@ -161,6 +180,18 @@ function bytes(min: number, max: number, range: string) {
     if (!(value >= min && value <= max)) throw new RangeError(`expected a size from ${range}, such as "64MiB"`);
     return value;
   };
+}
+
+/**
+ * A count ("512") or a share of --concurrency ("25%"), kept as a negative percentage until resolveSettings knows
+ * the concurrency it is a share of.
+ */
+function share(text: string): number {
+  const percent = /^\s*(\d+(?:\.\d+)?)\s*%\s*$/.exec(text);
+  if (!percent) return integer(1, 65535)(text);
+  const value = Number(percent[1]);
+  if (!(value > 0 && value <= 100)) throw new RangeError("expected a share from 1% to 100%");
+  return -value;
 }
 
 const MiB = 1_048_576;
@@ -280,6 +311,44 @@ export const SETTINGS: readonly Spec[] = [
     help: "longest a statement of pgnet's may run (then retried, /health says why)",
     parse: duration("ms", 100, 86_400_000, 1),
   },
+  spec({
+    key: "retryPolicy",
+    flag: "retry-policy",
+    env: "PGNET_RETRY_POLICY",
+    database: "pg_net.retry_policy",
+    default: "none",
+    help:
+      'retries of requests without a policy of their own: none, a number of attempts, or JSON {"max_attempts": 5, …}',
+    parse: parseRetryPolicyText,
+  }),
+  {
+    key: "deadLetterTtlSeconds",
+    flag: "dead-letter-ttl",
+    env: "PGNET_DEAD_LETTER_TTL",
+    database: "pg_net.dead_letter_ttl",
+    default: "7 days",
+    help: "how long requests that used up their retries are kept for net.retry()",
+    parse: duration("s", 1000, 100 * 365 * 86_400_000, 1000),
+  },
+  {
+    key: "hostConcurrency",
+    flag: "host-concurrency",
+    env: "PGNET_HOST_CONCURRENCY",
+    database: "pg_net.host_concurrency",
+    default: "25%",
+    help: "requests in flight to one host at most: a number, or a share of --concurrency",
+    parse: share,
+  },
+  spec({
+    key: "hostRules",
+    flag: "host-limits",
+    env: "PGNET_HOST_LIMITS",
+    database: "pg_net.host_limits",
+    default: "",
+    help:
+      'per-host limits, the first matching rule applies: "api.example.com=concurrency:4,rate:20; *.example.org=rate:1"',
+    parse: parseHostRules,
+  }),
 ];
 
 /** raw values keyed by flag name, e.g. { "batch-size": "500", ttl: "1 hour" } */
@@ -312,7 +381,7 @@ export function resolveSettings(input: SettingsInput): ResolvedSettings {
     const flag = input.flags?.[spec.flag];
     const env = input.env?.[spec.env];
     const db = spec.database ? input.database?.[spec.database] : undefined;
-    let value: number | undefined;
+    let value: WorkerSettings[SettingKey] | undefined;
     if (flag !== undefined) {
       value = parseOrThrow(spec, flag, `--${spec.flag}`);
       sources[spec.key] = "flag";
@@ -331,7 +400,10 @@ export function resolveSettings(input: SettingsInput): ResolvedSettings {
       value = spec.parse(spec.default);
       sources[spec.key] = "default";
     }
-    settings[spec.key] = value;
+    (settings as unknown as Record<SettingKey, unknown>)[spec.key] = value;
+  }
+  if (settings.hostConcurrency < 0) {
+    settings.hostConcurrency = Math.max(1, Math.floor(settings.concurrency * -settings.hostConcurrency / 100));
   }
   checkMemoryBudget(settings, sources);
   return { settings, sources };
@@ -355,7 +427,7 @@ function checkMemoryBudget(settings: WorkerSettings, sources: Record<SettingKey,
   );
 }
 
-function parseOrThrow(spec: Spec, text: string, name: string): number {
+function parseOrThrow(spec: Spec, text: string, name: string): WorkerSettings[SettingKey] {
   try {
     return spec.parse(text);
   } catch (error) {

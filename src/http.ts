@@ -50,6 +50,8 @@ export interface Agents {
 
 /** The request id travels with every attempt, so receivers can drop a duplicate delivery after a crash. */
 export const REQUEST_ID_HEADER = "X-Pgnet-Request-Id";
+/** Which attempt this is: 1 for the first, 2 for the first retry, and so on (a re-send after a crash counts). */
+export const ATTEMPT_HEADER = "X-Pgnet-Attempt";
 
 const REDIRECT_STATUSES = new Set([301, 302, 303, 307, 308]);
 const TOKEN = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
@@ -64,6 +66,7 @@ export const CROSS_ORIGIN_HEADERS: ReadonlySet<string> = new Set([
   "content-type",
   "user-agent",
   REQUEST_ID_HEADER.toLowerCase(),
+  ATTEMPT_HEADER.toLowerCase(),
 ]);
 // methods that announce an empty body with Content-Length: 0, as libcurl does for POST
 const BODY_METHODS = new Set(["POST", "PUT", "PATCH"]);
@@ -362,7 +365,7 @@ function buildHeaders(request: QueuedRequest): [string, string][] {
   }
   if (!hasHeader(headers, "accept")) headers.unshift(["Accept", "*/*"]);
   if (!hasHeader(headers, "user-agent")) headers.push(["User-Agent", USER_AGENT]);
-  headers.push([REQUEST_ID_HEADER, request.id]);
+  headers.push([REQUEST_ID_HEADER, request.id], [ATTEMPT_HEADER, String(request.attempt ?? 1)]);
   return headers;
 }
 

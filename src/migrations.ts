@@ -5,6 +5,7 @@ import claimIndexes from "../sql/0002_claim_indexes.sql" with { type: "text" };
 import privileges from "../sql/0003_privileges.sql" with { type: "text" };
 import enqueueSpeed from "../sql/0004_enqueue_speed.sql" with { type: "text" };
 import requestApi from "../sql/0005_request_api.sql" with { type: "text" };
+import delivery from "../sql/0006_delivery.sql" with { type: "text" };
 
 export interface Migration {
   version: number;
@@ -18,6 +19,7 @@ export const MIGRATIONS: readonly Migration[] = [
   { version: 3, name: "0003_privileges", text: privileges },
   { version: 4, name: "0004_enqueue_speed", text: enqueueSpeed },
   { version: 5, name: "0005_request_api", text: requestApi },
+  { version: 6, name: "0006_delivery", text: delivery },
 ];
 
 export const LATEST_VERSION = MIGRATIONS[MIGRATIONS.length - 1]!.version;

@@ -3,6 +3,7 @@
 
 import { Buffer } from "node:buffer";
 import type { Sql } from "./db.ts";
+import { urlHost } from "./limits.ts";
 
 /** A request claimed from net.http_request_queue: the one shape the worker and the HTTP layer share. */
 export interface QueuedRequest {
@@ -17,6 +18,8 @@ export interface QueuedRequest {
   headerOrder?: string[] | null;
   /** keep the response's exact bytes (ResponseRow.body) even when it is text */
   rawResponse?: boolean;
+  /** which attempt this is, 1 for the first (sent as X-Pgnet-Attempt) */
+  attempt?: number;
 }
 
 /** What a claim returns: the request, how often it was claimed, its size, and whether it still has to be loaded. */
@@ -28,6 +31,12 @@ export interface Claimed {
   bytes: number;
   /** the URL, headers and body were too large to claim in bulk: load() them once memory is set aside */
   unloaded: boolean;
+  /** the host it goes to, as limits.ts's urlHost() finds it (known before a large request is loaded) */
+  host: string;
+  /** the row's retry policy as stored (null: the worker's default) */
+  retry: unknown;
+  /** attempts so far whose outcome was retried; attempts - retried claims ended with no outcome */
+  retried: number;
 }
 
 /** A row of net._http_response as the worker writes it (`created` is set by the database). */
@@ -41,6 +50,18 @@ export interface ResponseRow {
   error_msg: string | null;
   /** the exact body bytes, when they differ from content (binary, NUL bytes) or the request asked for them */
   body: Uint8Array | null;
+  /** what went wrong, when the retry policy counts this outcome as a failure (stored as last_error) */
+  last_error?: string | null;
+  /** the request used up its retries: keep it as a dead letter */
+  dead?: boolean;
+}
+
+/** A request going back to the queue for another attempt. */
+export interface Reschedule {
+  id: string;
+  delayMs: number;
+  /** what went wrong this time (last_error) */
+  failure: string;
 }
 
 export interface ClaimSettings {
@@ -48,6 +69,14 @@ export interface ClaimSettings {
   batchSize: number;
   ttlSeconds: number;
   leaseMs: number;
+}
+
+export interface ClaimResult {
+  claimed: Claimed[];
+  /** responses deleted for their age */
+  expired: number;
+  /** ms until the next request that is not due yet (a retry waiting out its backoff) is due; null: none */
+  nextDueMs: number | null;
 }
 
 export interface QueueDepth {
@@ -73,12 +102,18 @@ interface ClaimedRow {
   body: Uint8Array | null;
   header_order: string | null;
   raw_response: boolean;
+  host: string | null;
+  retry: unknown;
+  retried: number;
+  next_due_ms: number | null;
 }
 
 // A claim reads the URL, headers and body of rows up to this size in the same statement; a larger row is read
 // on its own once the memory budget has room for it (a directly inserted 400 MB body is never read in bulk).
 const CLAIM_INLINE_BYTES = 65_536;
 const READY_COUNT_LIMIT = 10_000;
+/** limits.ts's urlHost() in PostgreSQL's regular expressions: substring() returns the host group */
+export const HOST_PATTERN = "^[A-Za-z][A-Za-z0-9+.-]*://(?:[^/?#@]*@)?(\\[[^]/?#]*\\]|[^:/?#]*)";
 
 /** A text[] as PostgreSQL prints it ({a,"b c"}), parsed; null stays null. */
 function textArray(text: string | null): string[] | null {
@@ -93,6 +128,26 @@ function textArray(text: string | null): string[] | null {
 }
 
 const withoutBody = (key: string, value: unknown) => (key === "body" ? undefined : value);
+
+/**
+ * The part of a store statement that keeps requests which used up their retries (rows of `results` with dead
+ * set), as they were queued. It reads the queue rows the statement's delete removes: all parts of one statement
+ * see the table as it was before.
+ */
+function deadLetters(results: string): string {
+  return `, dead as (
+        insert into net._http_dead_letter (id, method, url, headers, body, timeout_milliseconds, header_order,
+                                           raw_response, retry, enqueued_at, enqueued_by, attempts, status_code,
+                                           error_msg)
+        select q.id, q.method, q.url, q.headers, q.body, q.timeout_milliseconds, q.header_order, q.raw_response,
+               q.retry, q.enqueued_at, q.enqueued_by, q.attempts, r.status_code, r.last_error
+          from ${results} r
+          join done d on d.id = r.id
+          join net.http_request_queue q on q.id = r.id
+         where r.dead
+        on conflict (id) do nothing
+      )`;
+}
 
 /** Lists go to PostgreSQL as text (connect() turns fetch_types off): `string_to_array($1, ',')::bigint[]`. */
 const idList = (ids: readonly string[]) => ids.join(",");
@@ -112,9 +167,15 @@ export class Queue {
    * headers is taken from their stored size when that is small and measured as JSON text otherwise, so a
    * compressed huge value cannot pass as small.
    */
-  async claim(limit: number, settings: ClaimSettings): Promise<{ claimed: Claimed[]; expired: number }> {
+  async claim(limit: number, settings: ClaimSettings, skipHosts: readonly string[] = []): Promise<ClaimResult> {
     // sums in bigint: three values of up to 1 GB each overflow int4, and a failing claim would stall the queue
     const { batchSize, ttlSeconds, leaseMs } = settings;
+    // hosts at their limits (limits.ts) keep their requests queued, in order, for a later claim; the filter is
+    // left out of the common statement, which then walks no row it does not claim
+    const skip = skipHosts.length === 0 ? this.#sql`` : this.#sql`
+           and lower(substring(url from ${HOST_PATTERN}::text)) <> all(string_to_array(${
+      skipHosts.join(" ")
+    }::text, ' '))`;
     const rows = await this.#sql<ClaimedRow[]>`
       with expired as (
         delete from net._http_response r
@@ -131,7 +192,7 @@ export class Queue {
                                else pg_column_size(headers) end, 0)
                + coalesce(octet_length(body), 0) as bytes
           from net.http_request_queue
-         where claimed_by is null and coalesce(not_before, enqueued_at) <= now()
+         where claimed_by is null and coalesce(not_before, enqueued_at) <= now() ${skip}
          order by coalesce(not_before, enqueued_at), id
          limit ${limit}::int
            for update skip locked
@@ -143,12 +204,20 @@ export class Queue {
           from claimable c
          where q.id = c.id
         returning q.id, q.method, q.timeout_milliseconds, q.attempts, c.bytes::text as bytes, q.raw_response,
-                  q.header_order::text as header_order,
+                  q.header_order::text as header_order, q.retry, q.retried,
+                  case when c.bytes > ${CLAIM_INLINE_BYTES}::int
+                       then lower(substring(q.url from ${HOST_PATTERN}::text)) end as host,
                   case when c.bytes <= ${CLAIM_INLINE_BYTES}::int then q.url end as url,
                   case when c.bytes <= ${CLAIM_INLINE_BYTES}::int then q.headers end as headers,
                   case when c.bytes <= ${CLAIM_INLINE_BYTES}::int then q.body end as body
       )
-      select (select count(*) from expired)::int as expired, c.*
+      select (select count(*) from expired)::int as expired, c.*,
+             -- the ready index again, from now on: when the first request waiting out a backoff is due
+             (select extract(epoch from coalesce(not_before, enqueued_at) - now()) * 1000
+                from net.http_request_queue
+               where claimed_by is null and coalesce(not_before, enqueued_at) > now()
+               order by coalesce(not_before, enqueued_at), id
+               limit 1)::float8 as next_due_ms
         from (select) one
         left join claimed c on true
     `;
@@ -162,12 +231,16 @@ export class Queue {
         timeoutMs: row.timeout_milliseconds,
         headerOrder: textArray(row.header_order),
         rawResponse: row.raw_response,
+        attempt: row.attempts,
       },
       attempts: row.attempts,
       bytes: Number(row.bytes),
       unloaded: row.url === null,
+      host: row.host ?? urlHost(row.url ?? ""),
+      retry: row.retry,
+      retried: row.retried,
     }));
-    return { claimed, expired: rows[0]?.expired ?? 0 };
+    return { claimed, expired: rows[0]?.expired ?? 0, nextDueMs: rows[0]?.next_due_ms ?? null };
   }
 
   /** Reads the URL, headers and body of a request claimed without them; false if it is no longer ours. */
@@ -183,21 +256,26 @@ export class Queue {
 
   /**
    * One statement removes the queue rows and stores their responses, each owned by the role that enqueued its
-   * request. A response whose queue row is gone is not stored: the request was cancelled, or another worker
-   * racing at a lease boundary stored it first (the unique index keeps one response per id either way).
+   * request, with the number of attempts it took. A response whose queue row is gone is not stored: the request
+   * was cancelled, or another worker racing at a lease boundary stored it first (the unique index keeps one
+   * response per id either way). Requests that used up their retries are kept as dead letters as well, copied
+   * from the queue rows the same statement deletes (every part of a statement sees the rows as they were).
    */
   async store(results: readonly ResponseRow[]): Promise<void> {
     await this.#sql`
       with results as (
         -- rows with body bytes go through storeRows
         select * from jsonb_to_recordset(${JSON.stringify(results, withoutBody)}::text::jsonb) as r(
-          id bigint, status_code int, content_type text, headers jsonb, content text, timed_out bool, error_msg text)
+          id bigint, status_code int, content_type text, headers jsonb, content text, timed_out bool, error_msg text,
+          last_error text, dead bool)
       ), done as (
-        delete from net.http_request_queue q using results r where q.id = r.id returning q.id, q.enqueued_by
-      )
+        delete from net.http_request_queue q using results r where q.id = r.id
+        returning q.id, q.enqueued_by, q.attempts, q.last_error
+      )${results.some((r) => r.dead) ? this.#sql.unsafe(deadLetters("results")) : this.#sql``}
       insert into net._http_response
-             (id, status_code, content_type, headers, content, timed_out, error_msg, enqueued_by)
-      select r.id, r.status_code, r.content_type, r.headers, r.content, r.timed_out, r.error_msg, d.enqueued_by
+             (id, status_code, content_type, headers, content, timed_out, error_msg, enqueued_by, attempts, last_error)
+      select r.id, r.status_code, r.content_type, r.headers, r.content, r.timed_out, r.error_msg, d.enqueued_by,
+             d.attempts, coalesce(r.last_error, d.last_error)
         from results r join done d on d.id = r.id
       on conflict (id) do nothing
     `;
@@ -218,26 +296,47 @@ export class Queue {
         r.timed_out,
         r.error_msg,
         r.body === null ? null : Buffer.from(r.body.buffer, r.body.byteOffset, r.body.byteLength),
+        r.last_error ?? null,
+        r.dead === true,
       );
       return `($${n + 1}::bigint, $${n + 2}::int, $${n + 3}::text, $${n + 4}::text::jsonb, $${n + 5}::text, ` +
-        `$${n + 6}::bool, $${n + 7}::text, $${n + 8}::bytea)`;
+        `$${n + 6}::bool, $${n + 7}::text, $${n + 8}::bytea, $${n + 9}::text, $${n + 10}::bool)`;
     });
     params.push(idList(results.map((r) => r.id)));
     await this.#sql.unsafe(
-      `with done as (
+      `with results(id, status_code, content_type, headers, content, timed_out, error_msg, body, last_error, dead) as (
+         values ${values.join(", ")}
+       ), done as (
          delete from net.http_request_queue
           where id = any(string_to_array($${params.length}::text, ',')::bigint[])
-         returning id, enqueued_by
-       )
-       insert into net._http_response
-              (id, status_code, content_type, headers, content, timed_out, error_msg, body, enqueued_by)
-       select v.*, d.enqueued_by
-         from (values ${values.join(", ")})
-              v(id, status_code, content_type, headers, content, timed_out, error_msg, body)
-         join done d on d.id = v.id
+         returning id, enqueued_by, attempts, last_error
+       )${results.some((r) => r.dead) ? deadLetters("results") : ""}
+       insert into net._http_response (id, status_code, content_type, headers, content, timed_out, error_msg, body,
+                                       enqueued_by, attempts, last_error)
+       select r.id, r.status_code, r.content_type, r.headers, r.content, r.timed_out, r.error_msg, r.body,
+              d.enqueued_by, d.attempts, coalesce(r.last_error, d.last_error)
+         from results r
+         join done d on d.id = r.id
        on conflict (id) do nothing`,
       params,
     );
+  }
+
+  /**
+   * Puts requests back in the queue for their next attempt: due after their delay, their lease given up, the
+   * failure recorded. A request no longer this worker's (cancelled, or taken over) is left alone.
+   */
+  async reschedule(retries: readonly Reschedule[]): Promise<void> {
+    await this.#sql`
+      update net.http_request_queue q
+         set claimed_by = null, lease_until = null, retried = q.retried + 1, last_error = r.failure,
+             not_before = now() + make_interval(secs => r.delay_ms / 1000)
+        from jsonb_to_recordset(${
+      JSON.stringify(retries.map((r) => ({ id: r.id, delay_ms: r.delayMs, failure: r.failure })))
+    }::text::jsonb)
+             as r(id bigint, delay_ms float8, failure text)
+       where q.id = r.id and q.claimed_by = ${this.#workerId}::text
+    `;
   }
 
   /** Extends the lease of requests this worker holds, so long requests are not claimed twice. */
@@ -278,14 +377,28 @@ export class Queue {
     await this.#sql`delete from net._worker_restarts where requested_at < now() - interval '1 minute'`;
   }
 
-  /** Returns requests whose lease ran out (their worker died) to the queue; their attempt stays counted. */
-  async reap(): Promise<number> {
-    const rows = await this.#sql`
-      update net.http_request_queue set claimed_by = null, lease_until = null
-       where claimed_by is not null and lease_until < now()
-      returning 1
+  /**
+   * Returns requests whose lease ran out (their worker died) to the queue; their attempt stays counted. The same
+   * statement deletes dead letters older than `deadLetterTtlSeconds`, `limit` at most.
+   */
+  async reap(deadLetterTtlSeconds: number, limit: number): Promise<{ reaped: number; expired: number }> {
+    const [row] = await this.#sql<{ reaped: number; expired: number }[]>`
+      with reaped as (
+        update net.http_request_queue set claimed_by = null, lease_until = null
+         where claimed_by is not null and lease_until < now()
+        returning 1
+      ), expired as (
+        delete from net._http_dead_letter l
+         using (select id from net._http_dead_letter
+                 where failed_at < now() - make_interval(secs => ${deadLetterTtlSeconds}::float8)
+                 order by failed_at
+                 limit ${limit}::int) old
+         where l.id = old.id
+        returning 1
+      )
+      select (select count(*) from reaped)::int as reaped, (select count(*) from expired)::int as expired
     `;
-    return rows.length;
+    return row!;
   }
 }
 

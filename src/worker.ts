@@ -8,10 +8,12 @@ import { connect, readDatabaseSettings, type Sql, type Target } from "./db.ts";
 import { coerceError, errorCode } from "./errors.ts";
 import { EgressPolicy, guardedResolve } from "./egress.ts";
 import { type Agents, failure, performRequest, type Resolve, systemResolve } from "./http.ts";
+import { HostLimits, type HostLimitSettings } from "./limits.ts";
 import { CONTROL_CHANNEL, Listener, WAKE_CHANNEL } from "./listener.ts";
 import type { Logger } from "./log.ts";
 import { type Claimed, Queue, type ResponseRow } from "./queue.ts";
 import { releaseMemory } from "./runtime.ts";
+import { decide, parseRetryPolicy, type RetryPolicy } from "./retry.ts";
 import { WORKER_ROLE } from "./version.ts";
 import { backoffMs, Timers } from "./timers.ts";
 import { SCHEMA_MISSING, Writer } from "./writer.ts";
@@ -42,9 +44,11 @@ export interface WorkerStatus {
   state: WorkerState;
   connected: boolean;
   inFlight: number;
+  /** claimed requests waiting for their host's limits (they hold no slot of the window) */
+  waitingForHost: number;
   pendingWrites: number;
-  /** results stored since start, by outcome */
-  counters: { succeeded: number; failed: number; timedOut: number; claimed: number };
+  /** results stored since start, by outcome; attempts put back for a retry; requests kept as dead letters */
+  counters: Counters;
   settings: WorkerSettings;
   sources: ResolvedSettings["sources"];
   /** Date.now() of the last successful statement */
@@ -55,6 +59,15 @@ export interface WorkerStatus {
   /** bytes of bodies held, of the memory budget's capacity */
   memory: { used: number; budget: number; waiting: number };
   egress: ReturnType<EgressPolicy["describe"]> & { allowInsecureRedirects: boolean };
+}
+
+export interface Counters {
+  succeeded: number;
+  failed: number;
+  timedOut: number;
+  claimed: number;
+  retried: number;
+  deadLettered: number;
 }
 
 /** restarts asked for through net.worker_restart() are at least this far apart */
@@ -78,12 +91,18 @@ export class Worker {
   readonly #writer: Writer;
   readonly #sizes = new ResponseSizes();
   #egress!: EgressPolicy;
+  #limits!: HostLimits;
   #resolve!: Resolve;
   #budget!: MemoryBudget;
   #resolved!: ResolvedSettings;
   #state: WorkerState = "starting";
   #db: Connections | null = null;
+  /** requests claimed and not finished: in flight, or waiting for memory or their host's limits */
   #inFlight = new Set<string>();
+  /** requests started (the window's slots in use) */
+  #active = 0;
+  /** when the next kick for a request waiting out its backoff is set for (Date.now() ms) */
+  #nextWake = Number.POSITIVE_INFINITY;
   /** the claim pass in progress, if any */
   #pumping: Promise<void> | null = null;
   #wanted = false;
@@ -91,7 +110,7 @@ export class Worker {
   #failures = 0;
   #stopping: Promise<void> | null = null;
   #restarting: Promise<void> | null = null;
-  #counters = { succeeded: 0, failed: 0, timedOut: 0, claimed: 0 };
+  #counters: Counters = { succeeded: 0, failed: 0, timedOut: 0, claimed: 0, retried: 0, deadLettered: 0 };
   #lastProgressAt = Date.now();
   #lastError: WorkerStatus["lastError"] = null;
   #blocked: WorkerStatus["blocked"] = null;
@@ -116,6 +135,7 @@ export class Worker {
         this.#progress();
         this.#collectAfter(rows);
       },
+      onRescheduled: (delayMs) => this.#wakeIn(delayMs),
     });
   }
 
@@ -131,6 +151,7 @@ export class Worker {
   /** Connects, reads settings, starts listening and polling. Rejects if the first connection fails. */
   async start(): Promise<void> {
     await this.#loadSettings();
+    this.#limits = new HostLimits(this.#hostLimits(), () => this.#kick());
     this.#budget = this.#options.budget ?? new MemoryBudget(this.settings.memoryBudgetBytes, () => {
       if (this.#backlog) this.#kick();
     });
@@ -154,6 +175,7 @@ export class Worker {
   /** Re-reads settings: flags, environment, and pg_net.* as a new session sees them. */
   async reload(): Promise<void> {
     await this.#loadSettings();
+    this.#limits.update(this.#hostLimits());
     this.#log.info("settings reloaded", { ...this.settings });
     this.#kick();
   }
@@ -170,6 +192,7 @@ export class Worker {
   async #reconnect(): Promise<void> {
     this.#log.info("worker restarting");
     await this.#loadSettings();
+    this.#limits.update(this.#hostLimits());
     if (this.#stopping) return; // shutdown closes the current connections
     const old = this.#db;
     this.#db = await this.#connect();
@@ -193,7 +216,8 @@ export class Worker {
       workerId: this.id,
       state: this.#state === "running" && !connected ? "reconnecting" : this.#state,
       connected,
-      inFlight: this.#inFlight.size,
+      inFlight: this.#active,
+      waitingForHost: this.#limits.waiting,
       pendingWrites: this.#writer.pending,
       counters: { ...this.#counters },
       settings: { ...this.settings },
@@ -212,6 +236,10 @@ export class Worker {
       if (this.#writer.busy) await this.#writer.drained();
       else await new Promise((r) => setTimeout(r, 10));
     }
+  }
+
+  #hostLimits(): HostLimitSettings {
+    return { concurrency: this.settings.hostConcurrency, rules: this.settings.hostRules };
   }
 
   async #loadSettings(): Promise<void> {
@@ -349,14 +377,19 @@ export class Worker {
         this.#wanted = false;
         // claim while slots and memory are free and claims come back full (more may be waiting)
         while (!this.#stopping) {
-          const free = this.#window - this.#inFlight.size;
+          const free = this.#window - this.#active;
           const limit = Math.min(free, this.settings.batchSize, this.#budget.roomFor(REQUEST_RESERVE));
           if (limit <= 0) {
             this.#backlog = true; // a finishing request, or memory given back, kicks again
             break;
           }
-          const { claimed, expired } = await this.#db!.queue.claim(limit, this.settings);
+          const { claimed, expired, nextDueMs } = await this.#db!.queue.claim(
+            limit,
+            this.settings,
+            this.#limits.saturated(),
+          );
           this.#progress();
+          if (nextDueMs !== null && nextDueMs < this.settings.pollIntervalMs) this.#wakeIn(nextDueMs);
           this.#counters.claimed += claimed.length;
           for (const c of claimed) this.#start(c);
           if (expired >= this.settings.batchSize) this.#wanted = true; // more responses to expire
@@ -383,41 +416,64 @@ export class Worker {
     }
   }
 
-  /** Runs a claimed request once the memory budget has room for it; a poison row becomes its error row. */
+  /**
+   * Runs a claimed request once its host's limits and the memory budget have room for it; a poison row becomes its
+   * error row. The outcome is stored, or put back in the queue for another attempt, as its retry policy says.
+   */
   #start(claimed: Claimed): void {
-    const { request, bytes, attempts } = claimed;
+    const { request, bytes, attempts, retried, host } = claimed;
     const { maxRequestBytes, maxAttempts } = this.settings;
     this.#inFlight.add(request.id);
     if (bytes > maxRequestBytes) {
       const message = `Request not sent: its URL, headers and body are ${bytes} bytes, over pgnet's ` +
         `--max-request-size of ${maxRequestBytes} bytes`;
-      return this.#finish(request.id, failure(request.id, message, false), null);
+      return this.#store(failure(request.id, message, false), null);
     }
-    if (attempts > maxAttempts) {
-      const message = `Request not sent again: it was claimed ${attempts} times without a stored result (the ` +
-        `worker holding it stopped each time), more than pgnet's --max-attempts of ${maxAttempts}`;
-      return this.#finish(request.id, failure(request.id, message, false), null);
+    // claims that ended with an outcome were counted as retried; the others ended with their worker
+    if (attempts - retried > maxAttempts) {
+      const message = `Request not sent again: it was claimed ${attempts - retried} times without a stored result ` +
+        `(the worker holding it stopped each time), more than pgnet's --max-attempts of ${maxAttempts}`;
+      return this.#store(failure(request.id, message, false), null);
+    }
+    let policy: RetryPolicy | null;
+    try {
+      policy = claimed.retry === null ? this.settings.retryPolicy : parseRetryPolicy(claimed.retry);
+    } catch (error) {
+      return this.#store(
+        failure(request.id, `Request not sent: invalid retry policy: ${(error as Error).message}`, false),
+        null,
+      );
     }
     void (async () => {
-      // a large request is read only once its memory is set aside; its host is known after that
-      const host = claimed.unloaded ? null : hostKey(request.url);
-      const charge = this.#sizes.charge(host, bytes);
-      if (!this.#budget.tryTake(charge)) await this.#budget.take(charge);
-      const hold = new Hold(this.#budget, bytes, charge);
-      if (claimed.unloaded && !(await this.#load(claimed))) {
-        hold.release();
-        this.#inFlight.delete(request.id);
+      const turn = this.#limits.acquire(host);
+      if (turn) await turn;
+      if (this.#stopping) {
+        this.#limits.release(host); // not started: shutdown gives it back to the queue
         return;
       }
-      const row = await performRequest(request, {
-        maxResponseBytes: this.settings.maxResponseBytes,
-        room: hold,
-        resolve: this.#resolve,
-        allowInsecureRedirects: this.#options.allowInsecureRedirects === true,
-        ...(this.#options.agents ? { agents: this.#options.agents } : {}),
-      });
-      if (row.status_code !== null) this.#sizes.record(host ?? hostKey(request.url), hold.bodyBytes);
-      this.#finish(request.id, row, hold);
+      this.#active++;
+      let row: ResponseRow | null = null;
+      let hold: Hold | null = null;
+      try {
+        // a large request is read only once its memory is set aside
+        const charge = this.#sizes.charge(claimed.unloaded ? null : hostKey(request.url), bytes);
+        if (!this.#budget.tryTake(charge)) await this.#budget.take(charge);
+        hold = new Hold(this.#budget, bytes, charge);
+        if (claimed.unloaded && !(await this.#load(claimed))) return hold.release();
+        row = await performRequest(request, {
+          maxResponseBytes: this.settings.maxResponseBytes,
+          room: hold,
+          resolve: this.#resolve,
+          allowInsecureRedirects: this.#options.allowInsecureRedirects === true,
+          ...(this.#options.agents ? { agents: this.#options.agents } : {}),
+        });
+        if (row.status_code !== null) this.#sizes.record(hostKey(request.url), hold.bodyBytes);
+      } finally {
+        this.#active--;
+        this.#limits.release(host);
+        if (row) this.#outcome(row, hold!, policy, attempts);
+        else this.#inFlight.delete(request.id); // no longer this worker's
+      }
     })();
   }
 
@@ -434,8 +490,23 @@ export class Worker {
     return false;
   }
 
-  #finish(id: string, row: ResponseRow, hold: Hold | null): void {
-    if (!this.#inFlight.delete(id)) {
+  /** Stores the outcome of an attempt, or puts the request back in the queue for the next one. */
+  #outcome(row: ResponseRow, hold: Hold, policy: RetryPolicy | null, attempt: number): void {
+    const decision = decide(policy, attempt, row, policy ? retryAfter(row.headers) : null);
+    if (decision.action === "store") {
+      row.last_error = decision.failure;
+      row.dead = decision.dead;
+      return this.#store(row, hold);
+    }
+    if (!this.#inFlight.delete(row.id)) return hold.release(); // given back at shutdown
+    hold.release();
+    this.#counters.retried++;
+    this.#writer.reschedule({ id: row.id, delayMs: decision.delayMs, failure: decision.failure });
+    if (this.#backlog) this.#kick();
+  }
+
+  #store(row: ResponseRow, hold: Hold | null): void {
+    if (!this.#inFlight.delete(row.id)) {
       hold?.release(); // given back at shutdown
       return;
     }
@@ -447,7 +518,19 @@ export class Worker {
     if (this.#backlog) this.#kick();
   }
 
+  /** Claims again when the first request waiting out its backoff is due, unless a kick is set for sooner. */
+  #wakeIn(delayMs: number): void {
+    const at = Date.now() + Math.max(0, delayMs);
+    if (at >= this.#nextWake) return;
+    this.#nextWake = at;
+    this.#timers.after(at - Date.now() + 1, () => {
+      if (this.#nextWake === at) this.#nextWake = Number.POSITIVE_INFINITY;
+      this.#kick();
+    });
+  }
+
   #count(result: ResponseRow): void {
+    if (result.dead) this.#counters.deadLettered++;
     if (result.timed_out) this.#counters.timedOut++;
     else if (result.error_msg !== null) this.#counters.failed++;
     else this.#counters.succeeded++;
@@ -467,11 +550,14 @@ export class Worker {
     });
   }
 
-  /** Puts requests of workers that died (their lease ran out) back in the queue, and claims them if any. */
+  /**
+   * Puts requests of workers that died (their lease ran out) back in the queue, and claims them if any; deletes
+   * dead letters past --dead-letter-ttl.
+   */
   async #reap(): Promise<void> {
     if (!this.#db) return;
     try {
-      const reaped = await this.#db.queue.reap();
+      const { reaped } = await this.#db.queue.reap(this.settings.deadLetterTtlSeconds, this.settings.batchSize);
       if (reaped > 0) {
         this.#log.info("requests whose worker stopped are queued again", { count: reaped });
         this.#kick();
@@ -494,12 +580,14 @@ export class Worker {
     this.#timers.clear();
     const deadline = Date.now() + timeoutMs;
     await this.#pumping; // a claim under way: what it claims is in flight, finished or given back below
-    while (this.#inFlight.size > 0 && Date.now() < deadline) {
+    // requests that have started may finish; those still waiting for their host or memory are given back
+    while (this.#active > 0 && Date.now() < deadline) {
       await new Promise((r) => setTimeout(r, Math.min(20, deadline - Date.now())));
     }
     await this.#restarting?.catch(() => {}); // so no connection it opens outlives the shutdown
     const unfinished = [...this.#inFlight];
     this.#inFlight.clear();
+    this.#limits.clear();
     // results are written until the shutdown timeout, a few seconds at least, then what is left is reported
     await this.#writer.stop(Math.max(deadline, Date.now() + 3000));
     const db = this.#db;
@@ -545,6 +633,13 @@ export class Worker {
     }
     this.#log.error(message, { error: e, code });
   }
+}
+
+/** The response's Retry-After header, in whatever case the server spelled it. */
+function retryAfter(headers: Record<string, string> | null): string | null {
+  if (!headers) return null;
+  for (const name in headers) if (name.toLowerCase() === "retry-after") return headers[name]!;
+  return null;
 }
 
 async function closeConnections(db: Connections | null): Promise<void> {

@@ -3,7 +3,7 @@
 
 import type { Hold } from "./budget.ts";
 import { errorCode } from "./errors.ts";
-import type { Queue, ResponseRow } from "./queue.ts";
+import type { Queue, Reschedule, ResponseRow } from "./queue.ts";
 import { backoffMs, Timers } from "./timers.ts";
 
 // Rows stored per write statement at most; bytes are bounded by --max-write-size. Measured, 10,000 requests to a
@@ -22,12 +22,17 @@ export const SCHEMA_MISSING = new Set(["42P01", "3F000", "42883", "42703", "4270
 const DATA_CLASSES = new Set(["22", "23", "54", "P0", "2F", "38", "39"]);
 const LOCK_NOT_AVAILABLE = "55P03";
 
-/** A result on its way to the database, with the memory it holds until it is stored. */
+/**
+ * A result on its way to the database, with the memory it holds until it is stored; or, with `retry`, a request
+ * going back to the queue for another attempt (its row then only names it, and an error row replaces it if the
+ * database refuses the retry).
+ */
 interface Item {
   row: ResponseRow;
   hold: Hold | null;
   /** bytes it adds to a write statement */
   bytes: number;
+  retry?: Reschedule;
 }
 
 export interface WriterOptions {
@@ -38,6 +43,8 @@ export interface WriterOptions {
   onFail(message: string, error: unknown): void;
   /** rows were stored */
   onStored(rows: readonly ResponseRow[]): void;
+  /** requests went back to the queue; the first is due in `delayMs` */
+  onRescheduled(delayMs: number): void;
 }
 
 export class Writer {
@@ -76,6 +83,22 @@ export class Writer {
 
   push(row: ResponseRow, hold: Hold | null = null): void {
     this.#pending.push({ row, hold, bytes: rowBytes(row) });
+    this.#writing ??= this.#flush();
+  }
+
+  /** Queues a request again for its next attempt. */
+  reschedule(retry: Reschedule): void {
+    const row: ResponseRow = {
+      id: retry.id,
+      status_code: null,
+      content_type: null,
+      headers: null,
+      content: null,
+      timed_out: false,
+      error_msg: retry.failure,
+      body: null,
+    };
+    this.#pending.push({ row, hold: null, bytes: 128 + retry.failure.length, retry });
     this.#writing ??= this.#flush();
   }
 
@@ -132,11 +155,17 @@ export class Writer {
    */
   async #write(batch: Item[]): Promise<Item[]> {
     const queue = this.#options.queue();
+    const stored = batch.filter((item) => !item.retry);
     try {
-      const rows = batch.map((item) => item.row);
-      const bytes = batch.reduce((sum, item) => sum + item.bytes, 0);
-      if (bytes / batch.length > 4096 || rows.some((row) => row.body !== null)) await queue.storeRows(rows);
-      else await queue.store(rows);
+      const retries = batch.flatMap((item) => (item.retry ? [item.retry] : []));
+      if (retries.length > 0) await queue.reschedule(retries);
+      const rows = stored.map((item) => item.row);
+      const bytes = stored.reduce((sum, item) => sum + item.bytes, 0);
+      if (rows.length > 0) {
+        if (bytes / rows.length > 4096 || rows.some((row) => row.body !== null)) await queue.storeRows(rows);
+        else await queue.store(rows);
+      }
+      if (retries.length > 0) this.#options.onRescheduled(Math.min(...retries.map((r) => r.delayMs)));
     } catch (error) {
       const code = errorCode(error) ?? "";
       if (SCHEMA_MISSING.has(code)) {
@@ -173,7 +202,7 @@ export class Writer {
       );
       this.#droppedWithSchema = 0;
     }
-    this.#options.onStored(batch.map((item) => item.row));
+    if (stored.length > 0) this.#options.onStored(stored.map((item) => item.row));
     return [];
   }
 
@@ -194,7 +223,9 @@ export class Writer {
     try {
       await this.#options.queue().storeRows([row]);
     } catch (error) {
-      if (!DATA_CLASSES.has((errorCode(error) ?? "").slice(0, 2))) return [{ ...item, row, bytes: rowBytes(row) }];
+      if (!DATA_CLASSES.has((errorCode(error) ?? "").slice(0, 2))) {
+        return [{ hold: item.hold, row, bytes: rowBytes(row) }];
+      }
       this.#lost++;
       this.#options.onFail(`request ${item.row.id}: even an error row was refused; its result is lost`, error);
       this.#done([item]);

@@ -32,6 +32,10 @@ test("defaults apply when nothing is set", () => {
     maxAttempts: 5,
     lockTimeoutMs: 5000,
     statementTimeoutMs: 60000,
+    retryPolicy: null,
+    deadLetterTtlSeconds: 7 * 86400,
+    hostConcurrency: 512, // a quarter of the window
+    hostRules: [],
   });
   expect(new Set(Object.values(sources))).toEqual(new Set(["default"]));
 });

@@ -66,7 +66,8 @@ test(
   async () => {
     // long enough that none of the first 1,000 is answered before the last of them arrives
     const path = "/delay/8000";
-    const first = pgnet("--concurrency", "1000", "--lease", "2s");
+    // one host: it may have the whole window (a quarter by default)
+    const first = pgnet("--concurrency", "1000", "--host-concurrency", "100%", "--lease", "2s");
     await first.waitForLine(/worker started/);
     const ids = await enqueue(path, 1200);
     await waitFor(() => fixture.received(path).length >= 1000, 20_000, "1,000 requests in flight");
@@ -75,7 +76,7 @@ test(
     const inFlight = new Set(deliveries(fixture.received(path)).keys());
     expect(inFlight.size).toBe(1000);
 
-    const second = pgnet("--concurrency", "1000", "--lease", "2s");
+    const second = pgnet("--concurrency", "1000", "--host-concurrency", "100%", "--lease", "2s");
     try {
       await drained(ids);
     } finally {
@@ -235,7 +236,7 @@ test("two workers racing at a lease boundary both deliver; the second stores fir
 });
 
 test("the whole window is in flight at once: 600 slow requests reach the target together, in one process", async () => {
-  const proc = pgnet("--concurrency", "600");
+  const proc = pgnet("--concurrency", "600", "--host-concurrency", "100%");
   try {
     await proc.waitForLine(/worker started/);
     const ids =

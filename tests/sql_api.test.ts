@@ -86,6 +86,8 @@ describe("signatures", () => {
       "created timestamp with time zone",
       "enqueued_by name", // pgnet's: the role the response belongs to
       "body bytea", // pgnet's: the exact bytes, when they are not text or were asked for
+      "attempts integer", // pgnet's: how many attempts the outcome took
+      "last_error text", // pgnet's: what went wrong on the last attempt that failed
     ]);
   });
 

@@ -149,7 +149,8 @@ describe("requests", () => {
 
 describe("sliding window", () => {
   test("a slow endpoint never holds back fast ones: they finish while it is still in flight", async () => {
-    worker = await startWorker(db.url, { concurrency: "4" });
+    // one host, allowed the whole window (by default a host has a quarter of it: tests/delivery.test.ts)
+    worker = await startWorker(db.url, { concurrency: "4", "host-concurrency": "4" });
     const slow = await enqueue(
       db.sql`select net.http_get(${fixture.url("/never")}, timeout_milliseconds => 3000) as id`,
     );

@@ -14,6 +14,8 @@ export interface Received {
   /** header lines in order, names as sent */
   headers: [string, string][];
   body: Buffer;
+  /** Date.now() when the request had fully arrived */
+  at: number;
 }
 
 export function header(request: Received, name: string): string[] {
@@ -30,6 +32,8 @@ const REASONS: Record<number, string> = {
   200: "OK",
   204: "No Content",
   404: "Not Found",
+  429: "Too Many Requests",
+  503: "Service Unavailable",
   500: "Internal Server Error",
 };
 
@@ -182,6 +186,24 @@ export class Fixture {
         setTimeout(() => send({ body: "first" }), Number(arg));
         return;
       }
+      case "flaky": {
+        // the first `arg` deliveries of a request id (of the URL, with ?per=url) fail with ?status= (503 unless
+        // told), with ?retry_after= as Retry-After when given; later ones answer 200 "ok after N failures"
+        const id = header(request, "X-Pgnet-Request-Id")[0];
+        const n =
+          this.requests.filter((r) =>
+            query.get("per") === "url"
+              ? r.target === request.target
+              : r.path === request.path && header(r, "X-Pgnet-Request-Id")[0] === id
+          ).length;
+        if (n > Number(arg)) return send({ body: `ok after ${n - 1} failures` });
+        const retryAfter = query.get("retry_after");
+        return send({
+          status: Number(query.get("status") ?? 503),
+          headers: retryAfter === null ? [] : [["Retry-After", retryAfter]],
+          body: `failure ${n}`,
+        });
+      }
       case "text":
         return send({ headers: [["Content-Type", "text/plain; charset=utf-8"]], body: sampleBody(Number(arg)) });
       case "chunked": {
@@ -279,6 +301,7 @@ function parseRequest(buffer: Buffer): { request: Received; consumed: number } |
       query: url.searchParams,
       headers,
       body: buffer.subarray(start, start + length),
+      at: Date.now(),
     },
     consumed: start + length,
   };
