@@ -100,9 +100,10 @@ export class HostLimits {
   update(settings: HostLimitSettings): void {
     this.#settings = settings;
     for (const [host, state] of this.#hosts) {
+      const wasFull = this.#full(state);
       state.limit = this.#limitFor(host);
       state.tokens = Math.min(state.tokens, state.limit.burst);
-      this.#dispatch(host, state);
+      this.#dispatch(host, state, wasFull);
     }
   }
 
@@ -122,8 +123,9 @@ export class HostLimits {
   release(host: string): void {
     const state = this.#hosts.get(host);
     if (!state) return;
+    const wasFull = this.#full(state);
     state.active--;
-    this.#dispatch(host, state);
+    this.#dispatch(host, state, wasFull);
   }
 
   /** Hosts that cannot take another request now: claims leave their rows in the queue. */
@@ -187,8 +189,8 @@ export class HostLimits {
     return true;
   }
 
-  #dispatch(host: string, state: HostState): void {
-    const wasFull = this.#full(state);
+  /** Starts waiters the limits allow; `wasFull`: the host was left out of claims before the change at hand. */
+  #dispatch(host: string, state: HostState, wasFull = this.#full(state)): void {
     while (state.waiting.length > 0 && this.#tryStart(state)) state.waiting.shift()!();
     this.#schedule(host, state);
     if (state.active === 0 && state.waiting.length === 0 && state.timer === null) {

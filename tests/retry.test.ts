@@ -141,7 +141,8 @@ describe("host limits", () => {
   });
 
   test("over its concurrency a host's requests wait in arrival order and start as places free", async () => {
-    const limits = new HostLimits({ concurrency: 2, rules: [] }, () => {});
+    let available = 0;
+    const limits = new HostLimits({ concurrency: 2, rules: [] }, () => available++);
     const started: number[] = [];
     const take = async (n: number) => {
       await limits.acquire("a");
@@ -160,6 +161,12 @@ describe("host limits", () => {
     await Promise.all(all);
     expect(started).toEqual([1, 2, 3, 4, 5]);
     expect(limits.waiting).toBe(0);
+    // full with nobody waiting (2 in flight): the first release says claims may take this host's rows again
+    expect(limits.saturated()).toEqual(["a"]);
+    expect(available).toBe(0);
+    limits.release("a");
+    expect(available).toBe(1);
+    expect(limits.saturated()).toEqual([]);
   });
 
   test("a rate limit spaces starts 1/rate apart and tells when the host can take requests again", async () => {
