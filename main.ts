@@ -58,6 +58,7 @@ async function runCommand(target: Target, options: CliOptions, log: Logger, onFo
     egress: new EgressPolicy({ preset, allow, deny }),
     allowInsecureRedirects,
     ...(options.ca ? { agents: createAgents({ ca: options.ca }) } : {}),
+    logFailures: options.logFailures,
   });
   await worker.start();
 
@@ -71,6 +72,7 @@ async function runCommand(target: Target, options: CliOptions, log: Logger, onFo
   if (options.statusPort !== undefined) {
     const app = createStatusApp({
       worker,
+      metrics: worker.metrics,
       database: describe(monitor),
       ...(options.statusToken ? { token: options.statusToken } : {}),
       listener: options.statusHost,
@@ -136,7 +138,7 @@ async function main(options: CliOptions, log: Logger): Promise<number> {
     if (options.command === "run") return await runCommand(target, options, log, close);
     await withSql(target, async (sql) => {
       if (options.command === "install") await installCommand(sql, options, log);
-      else if (options.command === "status") await statusCommand(sql);
+      else if (options.command === "status") await statusCommand(sql, { json: options.json || !process.stdout.isTTY });
       else await uninstallCommand(sql, log);
     });
     return 0;

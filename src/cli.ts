@@ -40,6 +40,10 @@ export interface CliOptions {
   ca?: string;
   /** install: switch to pgnet's privileges or pg_net's; unset keeps what the database has */
   privileges?: Privileges;
+  /** --log-failures: a line per failed attempt */
+  logFailures: boolean;
+  /** status: JSON even on a terminal */
+  json: boolean;
   yes: boolean;
 }
 
@@ -127,6 +131,13 @@ export const OPTIONS: Readonly<Record<string, OptionSpec>> = {
     env: "PGNET_ALLOW_INSECURE_REDIRECTS",
     help: "follow redirects from https to http (refused by default)",
   },
+  "log-failures": {
+    type: "boolean",
+    env: "PGNET_LOG_FAILURES",
+    help: "log each failed attempt (status 400 or more, or no response) in one line: id, method, host, status or " +
+      "error, duration; never headers, bodies or query strings; 10 lines a second at most",
+  },
+  json: { type: "boolean", help: "status: print JSON, also on a terminal" },
   privileges: {
     type: "string",
     help: "install: pgnet (each role sees and touches only its own requests, the default for new installs) or " +
@@ -303,6 +314,8 @@ export function parseCli(argv: string[], env: Record<string, string | undefined>
     egress,
     ...(ca !== undefined ? { ca } : {}),
     ...(privileges !== undefined ? { privileges: privileges as Privileges } : {}),
+    logFailures: values["log-failures"] === true || flag(origin("log-failures"), env.PGNET_LOG_FAILURES),
+    json: values.json === true,
     yes: values.yes === true,
   };
 }

@@ -6,6 +6,7 @@ import privileges from "../sql/0003_privileges.sql" with { type: "text" };
 import enqueueSpeed from "../sql/0004_enqueue_speed.sql" with { type: "text" };
 import requestApi from "../sql/0005_request_api.sql" with { type: "text" };
 import delivery from "../sql/0006_delivery.sql" with { type: "text" };
+import restartReload from "../sql/0007_restart_reload.sql" with { type: "text" };
 
 export interface Migration {
   version: number;
@@ -20,6 +21,7 @@ export const MIGRATIONS: readonly Migration[] = [
   { version: 4, name: "0004_enqueue_speed", text: enqueueSpeed },
   { version: 5, name: "0005_request_api", text: requestApi },
   { version: 6, name: "0006_delivery", text: delivery },
+  { version: 7, name: "0007_restart_reload", text: restartReload },
 ];
 
 export const LATEST_VERSION = MIGRATIONS[MIGRATIONS.length - 1]!.version;

@@ -37,6 +37,8 @@ export interface Claimed {
   retry: unknown;
   /** attempts so far whose outcome was retried; attempts - retried claims ended with no outcome */
   retried: number;
+  /** how long ago it was enqueued (enqueued_at, by the database's clock), when claimed */
+  queuedMs: number;
 }
 
 /** A row of net._http_response as the worker writes it (`created` is set by the database). */
@@ -105,6 +107,7 @@ interface ClaimedRow {
   host: string | null;
   retry: unknown;
   retried: number;
+  queued_ms: number;
   next_due_ms: number | null;
 }
 
@@ -152,13 +155,33 @@ function deadLetters(results: string): string {
 /** Lists go to PostgreSQL as text (connect() turns fetch_types off): `string_to_array($1, ',')::bigint[]`. */
 const idList = (ids: readonly string[]) => ids.join(",");
 
+/** Told about each statement: its kind (the method's name), how long it took, and whether it succeeded. */
+export type ObserveStatement = (kind: string, seconds: number, ok: boolean) => void;
+
 export class Queue {
   readonly #sql: Sql;
   readonly #workerId: string;
+  readonly #observe: ObserveStatement;
 
-  constructor(sql: Sql, workerId: string) {
+  constructor(sql: Sql, workerId: string, observe: ObserveStatement = () => {}) {
     this.#sql = sql;
     this.#workerId = workerId;
+    this.#observe = observe;
+    // every statement is timed, under the name of the method that runs it
+    for (const kind of ["claim", "load", "store", "storeRows", "reschedule", "renew", "release", "reap"] as const) {
+      const run = this[kind].bind(this) as (...args: unknown[]) => Promise<unknown>;
+      (this as Record<string, unknown>)[kind] = async (...args: unknown[]) => {
+        const started = performance.now();
+        let ok = false;
+        try {
+          const result = await run(...args);
+          ok = true;
+          return result;
+        } finally {
+          this.#observe(kind === "storeRows" ? "store" : kind, (performance.now() - started) / 1000, ok);
+        }
+      };
+    }
   }
 
   /**
@@ -205,6 +228,7 @@ export class Queue {
          where q.id = c.id
         returning q.id, q.method, q.timeout_milliseconds, q.attempts, c.bytes::text as bytes, q.raw_response,
                   q.header_order::text as header_order, q.retry, q.retried,
+                  (extract(epoch from now() - q.enqueued_at) * 1000)::float8 as queued_ms,
                   case when c.bytes > ${CLAIM_INLINE_BYTES}::int
                        then lower(substring(q.url from ${HOST_PATTERN}::text)) end as host,
                   case when c.bytes <= ${CLAIM_INLINE_BYTES}::int then q.url end as url,
@@ -239,6 +263,7 @@ export class Queue {
       host: row.host ?? urlHost(row.url ?? ""),
       retry: row.retry,
       retried: row.retried,
+      queuedMs: row.queued_ms,
     }));
     return { claimed, expired: rows[0]?.expired ?? 0, nextDueMs: rows[0]?.next_due_ms ?? null };
   }

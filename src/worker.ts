@@ -8,9 +8,10 @@ import { connect, readDatabaseSettings, type Sql, type Target } from "./db.ts";
 import { coerceError, errorCode } from "./errors.ts";
 import { EgressPolicy, guardedResolve } from "./egress.ts";
 import { type Agents, failure, performRequest, type Resolve, systemResolve } from "./http.ts";
-import { HostLimits, type HostLimitSettings } from "./limits.ts";
+import { HostLimits, type HostLimitSettings, matches } from "./limits.ts";
 import { CONTROL_CHANNEL, Listener, WAKE_CHANNEL } from "./listener.ts";
 import type { Logger } from "./log.ts";
+import { FailureLog, type Finished, Metrics } from "./metrics.ts";
 import { type Claimed, Queue, type ResponseRow } from "./queue.ts";
 import { releaseMemory } from "./runtime.ts";
 import { decide, parseRetryPolicy, type RetryPolicy } from "./retry.ts";
@@ -35,6 +36,10 @@ export interface WorkerOptions {
   resolve?: Resolve;
   /** connection pools (--ca-file adds certificate authorities to them) */
   agents?: Agents;
+  /** where the worker's events are counted (/metrics, the dashboard); one of its own when not given */
+  metrics?: Metrics;
+  /** --log-failures: one rate-limited line per failed attempt */
+  logFailures?: boolean;
 }
 
 export type WorkerState = "starting" | "running" | "reconnecting" | "stopping" | "stopped";
@@ -90,6 +95,10 @@ export class Worker {
   readonly #timers = new Timers();
   readonly #writer: Writer;
   readonly #sizes = new ResponseSizes();
+  readonly metrics: Metrics;
+  readonly #failureLog: FailureLog | null;
+  /** when each request held was enqueued, by this process's clock (performance.now()), for enqueue → stored */
+  readonly #enqueuedAt = new Map<string, number>();
   #egress!: EgressPolicy;
   #limits!: HostLimits;
   #resolve!: Resolve;
@@ -123,6 +132,8 @@ export class Worker {
   constructor(options: WorkerOptions) {
     this.#options = options;
     this.#log = options.logger;
+    this.metrics = options.metrics ?? new Metrics();
+    this.#failureLog = options.logFailures ? new FailureLog(options.logger) : null;
     this.useEgressPolicy(options.egress ?? new EgressPolicy());
     this.#writer = new Writer({
       queue: () => {
@@ -134,6 +145,12 @@ export class Worker {
       onStored: (rows) => {
         this.#progress();
         this.#collectAfter(rows);
+        const now = performance.now();
+        for (const row of rows) {
+          const at = this.#enqueuedAt.get(row.id);
+          this.#enqueuedAt.delete(row.id);
+          if (at !== undefined) this.metrics.stored(now - at, row.dead === true);
+        }
       },
       onRescheduled: (delayMs) => this.#wakeIn(delayMs),
     });
@@ -238,6 +255,11 @@ export class Worker {
     }
   }
 
+  /** The per-host label of metrics: the --host-limits pattern a host matches, or "other" (a bounded set). */
+  #hostLabel(host: string): string {
+    return this.settings.hostRules.find((rule) => matches(rule.pattern, host))?.pattern ?? "other";
+  }
+
   #hostLimits(): HostLimitSettings {
     return { concurrency: this.settings.hostConcurrency, rules: this.settings.hostRules };
   }
@@ -285,7 +307,10 @@ export class Worker {
         // catch up: requests queued while nobody was listening, and rows inserted directly into the queue
         this.#kick();
       },
-      onReconnect: () => this.#log.info("reconnected"),
+      onReconnect: () => {
+        this.metrics.reconnected();
+        this.#log.info("reconnected");
+      },
       onFail: (message, error) => this.#fail(message, error),
     });
     try {
@@ -294,7 +319,8 @@ export class Worker {
       await closeConnections({ sql, listener, queue: null as never });
       throw error;
     }
-    return { sql, queue: new Queue(sql, this.id), listener };
+    const observe = (kind: string, seconds: number, ok: boolean) => this.metrics.statement(kind, seconds, ok);
+    return { sql, queue: new Queue(sql, this.id, observe), listener };
   }
 
   /** The payload is not trusted: any role can NOTIFY on these channels. */
@@ -424,25 +450,23 @@ export class Worker {
     const { request, bytes, attempts, retried, host } = claimed;
     const { maxRequestBytes, maxAttempts } = this.settings;
     this.#inFlight.add(request.id);
+    this.#enqueuedAt.set(request.id, performance.now() - claimed.queuedMs);
     if (bytes > maxRequestBytes) {
       const message = `Request not sent: its URL, headers and body are ${bytes} bytes, over pgnet's ` +
         `--max-request-size of ${maxRequestBytes} bytes`;
-      return this.#store(failure(request.id, message, false), null);
+      return this.#reject(claimed, message);
     }
     // claims that ended with an outcome were counted as retried; the others ended with their worker
     if (attempts - retried > maxAttempts) {
       const message = `Request not sent again: it was claimed ${attempts - retried} times without a stored result ` +
         `(the worker holding it stopped each time), more than pgnet's --max-attempts of ${maxAttempts}`;
-      return this.#store(failure(request.id, message, false), null);
+      return this.#reject(claimed, message);
     }
     let policy: RetryPolicy | null;
     try {
       policy = claimed.retry === null ? this.settings.retryPolicy : parseRetryPolicy(claimed.retry);
     } catch (error) {
-      return this.#store(
-        failure(request.id, `Request not sent: invalid retry policy: ${(error as Error).message}`, false),
-        null,
-      );
+      return this.#reject(claimed, `Request not sent: invalid retry policy: ${(error as Error).message}`);
     }
     void (async () => {
       const turn = this.#limits.acquire(host);
@@ -454,12 +478,14 @@ export class Worker {
       this.#active++;
       let row: ResponseRow | null = null;
       let hold: Hold | null = null;
+      let durationMs = 0;
       try {
         // a large request is read only once its memory is set aside
         const charge = this.#sizes.charge(claimed.unloaded ? null : hostKey(request.url), bytes);
         if (!this.#budget.tryTake(charge)) await this.#budget.take(charge);
         hold = new Hold(this.#budget, bytes, charge);
         if (claimed.unloaded && !(await this.#load(claimed))) return hold.release();
+        const started = performance.now();
         row = await performRequest(request, {
           maxResponseBytes: this.settings.maxResponseBytes,
           room: hold,
@@ -467,14 +493,30 @@ export class Worker {
           allowInsecureRedirects: this.#options.allowInsecureRedirects === true,
           ...(this.#options.agents ? { agents: this.#options.agents } : {}),
         });
+        durationMs = performance.now() - started;
         if (row.status_code !== null) this.#sizes.record(hostKey(request.url), hold.bodyBytes);
       } finally {
         this.#active--;
         this.#limits.release(host);
-        if (row) this.#outcome(row, hold!, policy, attempts);
-        else this.#inFlight.delete(request.id); // no longer this worker's
+        if (row) {
+          const event = { id: request.id, method: request.method, host, row, durationMs, attempt: attempts };
+          this.#outcome(event, hold!, policy);
+        } else {
+          this.#inFlight.delete(request.id); // no longer this worker's
+          this.#enqueuedAt.delete(request.id);
+        }
       }
     })();
+  }
+
+  /** Stores an error row for a request that is not sent at all (a poison row), counted like any outcome. */
+  #reject(claimed: Claimed, message: string): void {
+    const row = failure(claimed.request.id, message, false);
+    const event = { id: row.id, method: claimed.request.method, host: claimed.host, row, durationMs: 0 };
+    const finished = { ...event, attempt: claimed.attempts, hostLabel: this.#hostLabel(claimed.host), retried: false };
+    this.metrics.finished(finished);
+    this.#failureLog?.attempt(finished);
+    this.#store(row, null);
   }
 
   /** Reads a large request's URL, headers and body; false when it is no longer this worker's. */
@@ -491,8 +533,16 @@ export class Worker {
   }
 
   /** Stores the outcome of an attempt, or puts the request back in the queue for the next one. */
-  #outcome(row: ResponseRow, hold: Hold, policy: RetryPolicy | null, attempt: number): void {
+  #outcome(
+    event: Omit<Finished, "hostLabel" | "retried">,
+    hold: Hold,
+    policy: RetryPolicy | null,
+  ): void {
+    const { row, attempt } = event;
     const decision = decide(policy, attempt, row, policy ? retryAfter(row.headers) : null);
+    const finished = { ...event, hostLabel: this.#hostLabel(event.host), retried: decision.action === "retry" };
+    this.metrics.finished(finished);
+    this.#failureLog?.attempt(finished);
     if (decision.action === "store") {
       row.last_error = decision.failure;
       row.dead = decision.dead;
@@ -500,6 +550,7 @@ export class Worker {
     }
     if (!this.#inFlight.delete(row.id)) return hold.release(); // given back at shutdown
     hold.release();
+    this.#enqueuedAt.delete(row.id);
     this.#counters.retried++;
     this.#writer.reschedule({ id: row.id, delayMs: decision.delayMs, failure: decision.failure });
     if (this.#backlog) this.#kick();
@@ -587,6 +638,7 @@ export class Worker {
     await this.#restarting?.catch(() => {}); // so no connection it opens outlives the shutdown
     const unfinished = [...this.#inFlight];
     this.#inFlight.clear();
+    this.#enqueuedAt.clear();
     this.#limits.clear();
     // results are written until the shutdown timeout, a few seconds at least, then what is left is reported
     await this.#writer.stop(Math.max(deadline, Date.now() + 3000));

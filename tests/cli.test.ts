@@ -1,6 +1,7 @@
 // The compiled binary as an operator uses it: commands, flags, the status endpoint, signals, first run.
 
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { spawnSync } from "node:child_process";
 import { existsSync } from "node:fs";
 import { createServer } from "node:net";
 import { join } from "node:path";
@@ -9,7 +10,7 @@ import { SETTINGS } from "../src/config.ts";
 import { freePort } from "../src/embedded.ts";
 import { LATEST_VERSION } from "../src/migrations.ts";
 import { createDatabase, type TestDatabase } from "./helpers/cluster.ts";
-import { cleanEnv, emptyDir, PgnetProcess, ROOT, runPgnet } from "./helpers/binary.ts";
+import { binary, cleanEnv, emptyDir, PgnetProcess, ROOT, runPgnet } from "./helpers/binary.ts";
 import { Fixture } from "./helpers/fixture.ts";
 import { makeCertificates } from "./helpers/tls.ts";
 import { responseFor, waitFor } from "./helpers/worker.ts";
@@ -104,6 +105,19 @@ describe("commands", () => {
       workers: [],
     });
     expect(status.stdout).not.toContain(db.url.split("@")[0]!.split(":")[2]!); // no password
+    expect(report).toMatchObject({ lastFiveMinutes: { succeeded: 0 }, failures: [], deadLetters: 0 });
+    // on a terminal (script(1) gives it one) the same summary is written for people; --json keeps JSON there
+    const tty = (extra: string) =>
+      spawnSync("script", ["-qec", `${binary()} status --database '${db.url}' ${extra}`, "/dev/null"], {
+        encoding: "utf8",
+        env: cleanEnv(),
+      }).stdout;
+    const human = tty("");
+    expect(human).toContain(`schema net version ${LATEST_VERSION}`);
+    expect(human).toMatch(/queue: +0 ready, 0 claimed/);
+    expect(human).toContain("workers:    none connected");
+    expect(() => JSON.parse(human)).toThrow();
+    expect(JSON.parse(tty("--json"))).toMatchObject({ installedVersion: LATEST_VERSION });
     const removed = runPgnet(["uninstall", "--yes", "--database", db.url]);
     expect(removed.code).toBe(0);
     const [row] = await db.sql`select to_regnamespace('net') is null as gone`;

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole check (npm run check, npm test): format, lint, type check, then every test file against a real
-# PostgreSQL. Ends with "N passed, N failed". Arguments go to bun test (e.g. a file, or -t "name").
+# PostgreSQL, the dashboard's in Debian's chromium (installed first when missing, by tests/setup-browser.sh).
+# Ends with "N passed, N failed". Arguments go to bun test (e.g. a file, or -t "name").
 set -uo pipefail
 cd "$(dirname "$0")/.."
 bin=./node_modules/.bin
@@ -10,6 +11,7 @@ fail() {
   echo "0 passed, 1 failed"
   exit 1
 }
+bash tests/setup-browser.sh || fail "chromium (Debian's package, for tests/dashboard.test.ts) is missing: see above"
 [ -x "$deno" ] || fail "deno (npm package @deno/linux-x64-glibc, for deno fmt and deno lint) is missing: run npm ci"
 echo "== format (deno fmt --check)"
 "$deno" fmt --check --quiet || fail "formatting differs: run npm run fmt"

@@ -343,6 +343,43 @@ describe("worker functions", () => {
 });
 
 describe("worker_restart()", () => {
+  test("ALTER SYSTEM SET pg_net.ttl and batch_size, then worker_restart(): read at once, as pg_net does", async () => {
+    const logger = memoryLogger();
+    worker = await startWorker(db.url, {}, logger);
+    const [old] = await db.sql`
+      insert into net._http_response (id, status_code, created) values (-1, 200, now() - interval '1 hour')
+      returning id
+    `;
+    expect(old).toBeDefined();
+    try {
+      // no pg_reload_conf() of ours: worker_restart() reloads the configuration, as pg_net's does
+      await db.sql`alter system set pg_net.ttl = '1 second'`;
+      await db.sql`alter system set pg_net.batch_size = 23`;
+      const restarted = logger.lines.filter((l) => l.includes("worker restarted")).length;
+      await db.sql`select net.worker_restart()`;
+      await waitFor(
+        () => logger.lines.filter((l) => l.includes("worker restarted")).length > restarted,
+        5000,
+        "the restart",
+      );
+      expect([worker.settings.ttlSeconds, worker.settings.batchSize]).toEqual([1, 23]);
+      expect(worker.status().sources).toMatchObject({ ttlSeconds: "database", batchSize: "database" });
+      // the hour-old response is past the new TTL: the next claim deletes it
+      await waitFor(
+        async () => {
+          const [row] = await db.sql`select count(*)::int as n from net._http_response where id = -1`;
+          return row!.n === 0;
+        },
+        5000,
+        "the expired response to be deleted",
+      );
+    } finally {
+      await db.sql`alter system reset pg_net.ttl`;
+      await db.sql`alter system reset pg_net.batch_size`;
+      await db.sql`select pg_reload_conf()`;
+    }
+  });
+
   test("requests in flight during a restart carry on: each is delivered once and its response stored", async () => {
     const logger = memoryLogger();
     worker = await startWorker(db.url, {}, logger);

@@ -1,0 +1,366 @@
+// What pgnet is doing, in numbers: Prometheus metrics (prom-client) fed by events from the worker, the recent
+// activity the dashboard draws (per-second outcomes, the slowest hosts, the last failures), and the optional
+// failure log. Nothing here holds a header, a body or a query string: hosts, methods, ids, statuses and errors only.
+
+import client from "prom-client";
+import { ERRORS } from "./libcurl.ts";
+import type { Logger } from "./log.ts";
+import type { QueueDepth, ResponseRow } from "./queue.ts";
+import { PG_NET_API_VERSION, VERSION } from "./version.ts";
+
+/** How a request ended, as /metrics and the dashboard count it. An HTTP 503 is a response to pg_net, an error here. */
+export type Outcome = "success" | "http_4xx" | "http_5xx" | "timeout" | "connection" | "denied" | "invalid";
+
+const NETWORK_ERRORS: ReadonlySet<string> = new Set(Object.values(ERRORS));
+
+export function outcomeOf(row: ResponseRow): Outcome {
+  if (row.timed_out) return "timeout";
+  if (row.status_code !== null) {
+    return row.status_code >= 500 ? "http_5xx" : row.status_code >= 400 ? "http_4xx" : "success";
+  }
+  const error = row.error_msg ?? "";
+  if (error.includes("is denied by pgnet's egress policy")) return "denied";
+  // libcurl's texts are what the network did; anything else is about the request itself (a bad header, a limit)
+  return NETWORK_ERRORS.has(error) || error.startsWith("Redirect from https") ? "connection" : "invalid";
+}
+
+/** One attempt that ended, as the worker reports it. */
+export interface Finished {
+  id: string;
+  method: string;
+  /** the host (limits.ts's urlHost) */
+  host: string;
+  /** the --host-limits pattern it matched, or "other": the only per-host label, so its values are bounded */
+  hostLabel: string;
+  row: ResponseRow;
+  durationMs: number;
+  attempt: number;
+  /** the attempt goes back to the queue for another */
+  retried: boolean;
+}
+
+export interface Failure {
+  id: string;
+  method: string;
+  host: string;
+  outcome: Outcome;
+  status: number | null;
+  error: string;
+  durationMs: number;
+  at: string;
+}
+
+export interface HostActivity {
+  host: string;
+  requests: number;
+  errors: number;
+  meanMs: number;
+  maxMs: number;
+}
+
+/** The dashboard's data: the last five minutes. */
+export interface Activity {
+  /** one entry a second, oldest first */
+  series: { t: number; ok: number; errors: number }[];
+  /** newest first */
+  failures: Failure[];
+  /** the slowest hosts of the last five to ten minutes, by mean duration */
+  hosts: HostActivity[];
+}
+
+/** What the gauges read when /metrics is scraped. */
+export interface GaugeSources {
+  status(): {
+    connected: boolean;
+    inFlight: number;
+    waitingForHost: number;
+    pendingWrites: number;
+    memory: { used: number; budget: number };
+  };
+  /** the queue's cheap counts, cached by the caller; throws when the database is unreachable */
+  queueDepth(): Promise<QueueDepth>;
+}
+
+const SERIES_SECONDS = 300;
+const FAILURES_KEPT = 20;
+const HOSTS_SHOWN = 5;
+const HOSTS_KEPT = 1000;
+const HOST_WINDOW_MS = 300_000;
+
+interface HostStats {
+  requests: number;
+  errors: number;
+  totalMs: number;
+  maxMs: number;
+}
+
+export class Metrics {
+  readonly registry = new client.Registry();
+  readonly #finished: client.Counter<"outcome" | "host">;
+  readonly #duration: client.Histogram;
+  readonly #queued: client.Histogram;
+  readonly #retries: client.Counter;
+  readonly #deadLetters: client.Counter;
+  readonly #statements: client.Counter<"kind" | "result">;
+  readonly #statementSeconds: client.Counter<"kind">;
+  readonly #reconnects: client.Counter;
+  #sources: GaugeSources | null = null;
+  readonly #now: () => number;
+  /** per second: [epoch second, ok, errors] in a ring */
+  readonly #series = Array.from({ length: SERIES_SECONDS }, () => ({ t: 0, ok: 0, errors: 0 }));
+  readonly #failures: Failure[] = [];
+  #hosts = new Map<string, HostStats>();
+  #previousHosts = new Map<string, HostStats>();
+  #hostsSince: number;
+
+  constructor(options: { now?: () => number } = {}) {
+    this.#now = options.now ?? Date.now;
+    this.#hostsSince = this.#now();
+    const registers = [this.registry];
+    new client.Gauge({
+      name: "pgnet_build_info",
+      help: "pgnet's version and the pg_net API it implements; always 1",
+      labelNames: ["version", "pg_net_api"],
+      registers,
+    }).set({ version: VERSION, pg_net_api: PG_NET_API_VERSION }, 1);
+    this.#finished = new client.Counter({
+      name: "pgnet_requests_total",
+      help: "attempts that ended, by outcome (success, http_4xx, http_5xx, timeout, connection, denied, invalid) " +
+        "and host (the --host-limits pattern it matched, or other)",
+      labelNames: ["outcome", "host"],
+      registers,
+    });
+    this.#duration = new client.Histogram({
+      name: "pgnet_request_duration_seconds",
+      help: "how long an attempt took, from its start to its whole response (or its failure)",
+      buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60],
+      registers,
+    });
+    this.#queued = new client.Histogram({
+      name: "pgnet_enqueue_to_stored_seconds",
+      help: "from the enqueuing transaction's start (enqueued_at) until the response row was stored",
+      buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300],
+      registers,
+    });
+    this.#retries = new client.Counter({
+      name: "pgnet_retries_total",
+      help: "attempts whose outcome put the request back in the queue for another",
+      registers,
+    });
+    this.#deadLetters = new client.Counter({
+      name: "pgnet_dead_letters_total",
+      help: "requests that used up their retries and were kept as dead letters",
+      registers,
+    });
+    // a count and a sum of seconds per kind (rate(sum) / rate(count) is the mean): a histogram per kind would be
+    // eight histograms for a figure that is nearly always a millisecond or two
+    this.#statements = new client.Counter({
+      name: "pgnet_statements_total",
+      help: "pgnet's statements on the queue, by kind (claim, store, reschedule, renew, release, reap, load) and " +
+        "result (ok, error)",
+      labelNames: ["kind", "result"],
+      registers,
+    });
+    this.#statementSeconds = new client.Counter({
+      name: "pgnet_statement_seconds_total",
+      help: "time spent in pgnet's statements on the queue, by kind",
+      labelNames: ["kind"],
+      registers,
+    });
+    this.#reconnects = new client.Counter({
+      name: "pgnet_reconnects_total",
+      help: "times the worker's LISTEN session reconnected to the database",
+      registers,
+    });
+    const gauge = (name: string, help: string, read: (g: client.Gauge) => Promise<void> | void) =>
+      new client.Gauge({
+        name,
+        help,
+        registers,
+        collect() {
+          return read(this);
+        },
+      });
+    const status = () => this.#sources?.status();
+    gauge("pgnet_up", "1 while the worker is connected to the database", (g) => g.set(status()?.connected ? 1 : 0));
+    gauge("pgnet_in_flight_requests", "requests started and not finished", (g) => g.set(status()?.inFlight ?? 0));
+    gauge(
+      "pgnet_waiting_for_host_requests",
+      "claimed requests waiting for their host's limits",
+      (g) => g.set(status()?.waitingForHost ?? 0),
+    );
+    gauge("pgnet_pending_writes", "results waiting to be written", (g) => g.set(status()?.pendingWrites ?? 0));
+    gauge("pgnet_memory_used_bytes", "bytes of bodies held", (g) => g.set(status()?.memory.used ?? 0));
+    gauge("pgnet_memory_budget_bytes", "--memory-budget", (g) => g.set(status()?.memory.budget ?? 0));
+    const depth = async () => await this.#sources?.queueDepth().catch(() => null) ?? null;
+    gauge("pgnet_queue_ready_requests", "requests due and not claimed (counted up to 10,000)", async (g) => {
+      const d = await depth();
+      if (d) g.set(d.ready);
+    });
+    gauge("pgnet_queue_claimed_requests", "requests claimed by some worker", async (g) => {
+      const d = await depth();
+      if (d) g.set(d.claimed);
+    });
+    gauge("pgnet_queue_oldest_ready_seconds", "how long the oldest due request has waited", async (g) => {
+      const d = await depth();
+      if (d) g.set(d.oldestReadySeconds);
+    });
+  }
+
+  /** Where the gauges read from (the worker, and the status server's cached queue counts). */
+  useSources(sources: GaugeSources): void {
+    this.#sources = sources;
+  }
+
+  /** An attempt ended. */
+  finished(event: Finished): void {
+    const outcome = outcomeOf(event.row);
+    this.#finished.inc({ outcome, host: event.hostLabel });
+    this.#duration.observe(event.durationMs / 1000);
+    if (event.retried) this.#retries.inc();
+    const ok = outcome === "success";
+    const slot = this.#slot();
+    if (ok) slot.ok++;
+    else slot.errors++;
+    this.#hostStats(event.host, event.durationMs, ok);
+    if (!ok) {
+      this.#failures.unshift({
+        id: event.id,
+        method: event.method,
+        host: event.host,
+        outcome,
+        status: event.row.status_code,
+        error: event.row.error_msg ?? `HTTP ${event.row.status_code}`,
+        durationMs: Math.round(event.durationMs * 10) / 10,
+        at: new Date(this.#now()).toISOString(),
+      });
+      this.#failures.length = Math.min(this.#failures.length, FAILURES_KEPT);
+    }
+  }
+
+  /** A response row was stored, `queuedMs` after its request was enqueued. */
+  stored(queuedMs: number, dead: boolean): void {
+    this.#queued.observe(Math.max(0, queuedMs) / 1000);
+    if (dead) this.#deadLetters.inc();
+  }
+
+  statement(kind: string, seconds: number, ok: boolean): void {
+    this.#statements.inc({ kind, result: ok ? "ok" : "error" });
+    this.#statementSeconds.inc({ kind }, seconds);
+  }
+
+  reconnected(): void {
+    this.#reconnects.inc();
+  }
+
+  /** The exposition text for GET /metrics. */
+  async render(): Promise<{ contentType: string; text: string }> {
+    return { contentType: this.registry.contentType, text: await this.registry.metrics() };
+  }
+
+  activity(): Activity {
+    const now = Math.floor(this.#now() / 1000);
+    const series = [];
+    for (let t = now - SERIES_SECONDS + 1; t <= now; t++) {
+      const slot = this.#series[t % SERIES_SECONDS]!;
+      series.push(slot.t === t ? { t, ok: slot.ok, errors: slot.errors } : { t, ok: 0, errors: 0 });
+    }
+    this.#rotateHosts();
+    const merged = new Map<string, HostStats>();
+    for (const map of [this.#previousHosts, this.#hosts]) {
+      for (const [host, s] of map) {
+        const m = merged.get(host) ?? { requests: 0, errors: 0, totalMs: 0, maxMs: 0 };
+        merged.set(host, {
+          requests: m.requests + s.requests,
+          errors: m.errors + s.errors,
+          totalMs: m.totalMs + s.totalMs,
+          maxMs: Math.max(m.maxMs, s.maxMs),
+        });
+      }
+    }
+    const hosts = [...merged].map(([host, s]) => ({
+      host,
+      requests: s.requests,
+      errors: s.errors,
+      meanMs: Math.round((s.totalMs / s.requests) * 10) / 10,
+      maxMs: Math.round(s.maxMs * 10) / 10,
+    })).sort((a, b) => b.meanMs - a.meanMs).slice(0, HOSTS_SHOWN);
+    return { series, failures: [...this.#failures], hosts };
+  }
+
+  #slot() {
+    const t = Math.floor(this.#now() / 1000);
+    const slot = this.#series[t % SERIES_SECONDS]!;
+    if (slot.t !== t) Object.assign(slot, { t, ok: 0, errors: 0 });
+    return slot;
+  }
+
+  #hostStats(host: string, ms: number, ok: boolean): void {
+    this.#rotateHosts();
+    let s = this.#hosts.get(host);
+    if (!s) {
+      if (this.#hosts.size >= HOSTS_KEPT) return; // a flood of distinct hosts: the first thousand are enough
+      this.#hosts.set(host, s = { requests: 0, errors: 0, totalMs: 0, maxMs: 0 });
+    }
+    s.requests++;
+    if (!ok) s.errors++;
+    s.totalMs += ms;
+    s.maxMs = Math.max(s.maxMs, ms);
+  }
+
+  /** Host figures cover the current five minutes and the five before. */
+  #rotateHosts(): void {
+    if (this.#now() - this.#hostsSince < HOST_WINDOW_MS) return;
+    this.#previousHosts = this.#now() - this.#hostsSince < 2 * HOST_WINDOW_MS ? this.#hosts : new Map();
+    this.#hosts = new Map();
+    this.#hostsSince = this.#now();
+  }
+}
+
+/**
+ * --log-failures: one line per failed attempt (status 400 or more, or no response), with its id, method, host,
+ * status or error and duration; never headers, bodies or query strings. At most `perSecond` lines a second (and a
+ * burst of as many); what is held back is counted and said in the next line that gets through.
+ */
+export class FailureLog {
+  readonly #log: Logger;
+  readonly #perSecond: number;
+  readonly #now: () => number;
+  #tokens: number;
+  #at: number;
+  #suppressed = 0;
+
+  constructor(log: Logger, perSecond = 10, now = Date.now) {
+    this.#log = log;
+    this.#perSecond = perSecond;
+    this.#tokens = perSecond;
+    this.#at = now();
+    this.#now = now;
+  }
+
+  attempt(event: Finished): void {
+    const outcome = outcomeOf(event.row);
+    if (outcome === "success") return;
+    const now = this.#now();
+    this.#tokens = Math.min(this.#perSecond, this.#tokens + (now - this.#at) * this.#perSecond / 1000);
+    this.#at = now;
+    if (this.#tokens < 1) {
+      this.#suppressed++;
+      return;
+    }
+    this.#tokens--;
+    const fields: Record<string, unknown> = {
+      id: event.id,
+      method: event.method,
+      host: event.host,
+      outcome,
+      ...(event.row.status_code !== null ? { status: event.row.status_code } : { error: event.row.error_msg }),
+      durationMs: Math.round(event.durationMs * 10) / 10,
+      attempt: event.attempt,
+      ...(event.retried ? { retried: true } : {}),
+      ...(this.#suppressed > 0 ? { suppressedBefore: this.#suppressed } : {}),
+    };
+    this.#suppressed = 0;
+    this.#log.warn("request failed", fields);
+  }
+}
