@@ -54,6 +54,18 @@ function asRole<T>(role: string, fn: (sql: Sql) => Promise<T>): Promise<T> {
   }) as Promise<T>;
 }
 
+/** Waits until every id has its response row. */
+async function allStored(ids: string[], timeoutMs: number, what: string): Promise<void> {
+  await waitFor(
+    async () => {
+      const [row] = await db.sql`select count(*)::int as n from net._http_response where id = any(${ids}::bigint[])`;
+      return row!.n === ids.length;
+    },
+    timeoutMs,
+    what,
+  );
+}
+
 async function queued(id: string) {
   const [row] = await db.sql`
     select attempts, retried, last_error, claimed_by, not_before > now() as waiting
@@ -351,16 +363,7 @@ describe("per-host limits", () => {
         select array_agg(net.http_get(${other.url("/echo")})::text) as ids from generate_series(1, 50)
       `;
       const started = Date.now();
-      await waitFor(
-        async () => {
-          const [row] = await db.sql`select count(*)::int as n from net._http_response where id = any(${
-            fast!.ids
-          }::bigint[])`;
-          return row!.n === 50;
-        },
-        10_000,
-        "the fast host's 50 responses",
-      );
+      await allStored(fast!.ids, 10_000, "the fast host's 50 responses");
       const [slowDone] = await db.sql`
         select count(*)::int as n from net._http_response where id = any(${slow!.ids}::bigint[])
       `;
@@ -387,16 +390,7 @@ describe("per-host limits", () => {
         select array_agg(net.http_get(${other.url("/echo")})::text) as ids from generate_series(1, 100)
       `;
       const started = Date.now();
-      await waitFor(
-        async () => {
-          const [row] = await db.sql`select count(*)::int as n from net._http_response where id = any(${
-            fast!.ids
-          }::bigint[])`;
-          return row!.n === 100;
-        },
-        9000,
-        "the fast host's 100 responses",
-      );
+      await allStored(fast!.ids, 9000, "the fast host's 100 responses");
       expect(Date.now() - started).toBeLessThan(5000);
       // the slow host got its quarter of the window, no more, and the rest of its requests stayed queued
       expect(fixture.received("/delay/10000")).toHaveLength(5);
@@ -424,16 +418,7 @@ describe("per-host limits", () => {
       const [free] = await db.sql`select net.http_get(${other.url("/echo")})::text as id`;
       const quick = await responseFor(db.sql, free!.id, 1000);
       expect(quick.status_code).toBe(200);
-      await waitFor(
-        async () => {
-          const [done] = await db.sql`select count(*)::int as n from net._http_response where id = any(${
-            row!.ids
-          }::bigint[])`;
-          return done!.n === 100;
-        },
-        15_000,
-        "100 rate-limited responses",
-      );
+      await allStored(row!.ids, 15_000, "100 rate-limited responses");
       const times = fixture.received(path).slice(before).map((r) => r.at);
       expect(times).toHaveLength(100);
       const span = times.at(-1)! - times[0]!;
@@ -465,16 +450,7 @@ describe("per-host limits", () => {
         select array_agg(net.http_get(${fixture.url("/echo")})::text) as ids from generate_series(1, 40)
       `;
       const started = Date.now();
-      await waitFor(
-        async () => {
-          const [done] = await db.sql`select count(*)::int as n from net._http_response where id = any(${
-            row!.ids
-          }::bigint[])`;
-          return done!.n === 40;
-        },
-        10_000,
-        "40 responses",
-      );
+      await allStored(row!.ids, 10_000, "40 responses");
       // at 2 per second these would take 20 s
       expect(Date.now() - started).toBeLessThan(3000);
     } finally {

@@ -189,20 +189,30 @@ describe("activity in /status", () => {
 });
 
 describe("--log-failures", () => {
+  /** A 404 (with secrets in its query, header and body), a refused connection and three successes. */
+  async function mixedRequests() {
+    const closed = await Fixture.start();
+    const refused = closed.url("/x?key=hidden");
+    await closed.stop();
+    const [bad] = await db.sql`
+      select net.http_post(${fixture.url("/status/404?token=abc")}, '{"card": "4111"}',
+                           headers => '{"Authorization": "Bearer secret"}')::text as id
+    `;
+    const ids = {
+      notFound: bad!.id as string,
+      refused: await enqueue(refused, 1),
+      ok: await enqueue(fixture.url("/echo"), 3),
+    };
+    await settled([ids.notFound, ...ids.refused, ...ids.ok]);
+    return ids;
+  }
+
   test("a line for each failure, none for successes, no header, body or query string in any", async () => {
     const logger = memoryLogger();
     const worker = await startWorker(db.url, {}, logger); // without the option
     try {
-      const closed = await Fixture.start();
-      const refused = closed.url("/x?key=hidden");
-      await closed.stop();
-      const [bad] = await db.sql`
-        select net.http_post(${fixture.url("/status/404?token=abc")}, '{"card": "4111"}',
-                             headers => '{"Authorization": "Bearer secret"}')::text as id
-      `;
-      const ids = [bad!.id, ...await enqueue(refused, 1), ...await enqueue(fixture.url("/echo"), 3)];
-      await settled(ids);
-      expect(logger.lines.filter((l) => l.includes("request failed"))).toHaveLength(0); // the option is off
+      await mixedRequests();
+      expect(logger.lines.filter((l) => l.includes("request failed"))).toHaveLength(0);
     } finally {
       await worker.stop();
     }
@@ -215,23 +225,15 @@ describe("--log-failures", () => {
     });
     await logging.start();
     try {
-      const closed = await Fixture.start();
-      const refused = closed.url("/x?key=hidden");
-      await closed.stop();
-      const [bad] = await db.sql`
-        select net.http_post(${fixture.url("/status/404?token=abc")}, '{"card": "4111"}',
-                             headers => '{"Authorization": "Bearer secret"}')::text as id
-      `;
-      const refusedIds = await enqueue(refused, 1);
-      const okIds = await enqueue(fixture.url("/echo"), 3);
-      await settled([bad!.id, ...refusedIds, ...okIds]);
+      const { notFound, refused: refusedIds, ok: okIds } = await mixedRequests();
+      const bad = { id: notFound };
       const lines = log.lines.filter((l) => l.includes("request failed"));
       expect(lines).toHaveLength(2);
-      const notFound = lines.find((l) => l.includes(`id=${bad!.id}`))!;
-      expect(notFound).toContain("method=POST");
-      expect(notFound).toContain("host=127.0.0.1");
-      expect(notFound).toContain("status=404");
-      expect(notFound).toMatch(/durationMs=\d/);
+      const notFoundLine = lines.find((l) => l.includes(`id=${bad.id}`))!;
+      expect(notFoundLine).toContain("method=POST");
+      expect(notFoundLine).toContain("host=127.0.0.1");
+      expect(notFoundLine).toContain("status=404");
+      expect(notFoundLine).toMatch(/durationMs=\d/);
       expect(lines.find((l) => l.includes(`id=${refusedIds[0]}`))).toContain("Couldn't connect to server");
       for (const id of okIds) expect(lines.some((l) => l.includes(`id=${id}`))).toBe(false);
       for (const secret of ["secret", "token=abc", "4111", "hidden", "Authorization"]) {
