@@ -352,9 +352,18 @@ describe("worker_restart()", () => {
     `;
     expect(old).toBeDefined();
     try {
-      // no pg_reload_conf() of ours: worker_restart() reloads the configuration, as pg_net's does
-      await db.sql`alter system set pg_net.ttl = '1 second'`;
-      await db.sql`alter system set pg_net.batch_size = 23`;
+      // no pg_reload_conf() of ours: worker_restart() reloads the configuration, as pg_net's does. PostgreSQL 14–16
+      // take ALTER SYSTEM only for a setting the session knows: SET makes pg_net.* known (17 and later need not)
+      const session = await db.sql.reserve();
+      try {
+        await session`set pg_net.ttl = '1 second'`;
+        await session`set pg_net.batch_size = 23`;
+        await session`alter system set pg_net.ttl = '1 second'`;
+        await session`alter system set pg_net.batch_size = 23`;
+        await session`reset all`;
+      } finally {
+        session.release();
+      }
       const restarted = logger.lines.filter((l) => l.includes("worker restarted")).length;
       await db.sql`select net.worker_restart()`;
       await waitFor(
