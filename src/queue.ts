@@ -195,10 +195,11 @@ export class Queue {
     const { batchSize, ttlSeconds, leaseMs } = settings;
     // hosts at their limits (limits.ts) keep their requests queued, in order, for a later claim; the filter is
     // left out of the common statement, which then walks no row it does not claim
+    // (a URL with no host to find is host "", as urlHost() says)
+    const skipped = skipHosts.join(" ");
     const skip = skipHosts.length === 0 ? this.#sql`` : this.#sql`
-           and lower(substring(url from ${HOST_PATTERN}::text)) <> all(string_to_array(${
-      skipHosts.join(" ")
-    }::text, ' '))`;
+           and coalesce(lower(substring(url from ${HOST_PATTERN}::text)), '')
+               <> all(string_to_array(${skipped}::text, ' '))`;
     const rows = await this.#sql<ClaimedRow[]>`
       with expired as (
         delete from net._http_response r
@@ -230,7 +231,7 @@ export class Queue {
                   q.header_order::text as header_order, q.retry, q.retried,
                   (extract(epoch from now() - q.enqueued_at) * 1000)::float8 as queued_ms,
                   case when c.bytes > ${CLAIM_INLINE_BYTES}::int
-                       then lower(substring(q.url from ${HOST_PATTERN}::text)) end as host,
+                       then coalesce(lower(substring(q.url from ${HOST_PATTERN}::text)), '') end as host,
                   case when c.bytes <= ${CLAIM_INLINE_BYTES}::int then q.url end as url,
                   case when c.bytes <= ${CLAIM_INLINE_BYTES}::int then q.headers end as headers,
                   case when c.bytes <= ${CLAIM_INLINE_BYTES}::int then q.body end as body

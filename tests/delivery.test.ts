@@ -343,9 +343,10 @@ describe("per-host limits", () => {
       "http://127.0.0.1",
       "http://h.test?q=http://other/",
       "http://h.test#@evil.test",
+      "no host here",
     ];
     const rows = await db.sql`
-      select lower(substring(u from ${HOST_PATTERN}::text)) as host from unnest(${urls}::text[]) with ordinality t(u, n)
+      select coalesce(lower(substring(u from ${HOST_PATTERN}::text)), '') as host from unnest(${urls}::text[]) with ordinality t(u, n)
        order by n
     `;
     expect(rows.map((r) => r.host)).toEqual(urls.map(urlHost));

@@ -1,7 +1,7 @@
 // Installing schema net: idempotent, safe under concurrency, versioned, refusing what it should not touch.
 
 import { afterAll, beforeAll, expect, test } from "bun:test";
-import { chmodSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { connect } from "../src/db.ts";
@@ -110,23 +110,30 @@ test("--unlogged makes the queue and response tables unlogged", async () => {
   await uninstall(db.sql);
 });
 
-// A real extension named pg_net: its control and script files live in a temporary directory that PostgreSQL 18's
-// extension_control_path (a superuser setting, set for one transaction) points at; the script only creates
-// schema net, as pg_net's does.
+// A real extension named pg_net whose script only creates schema net, as pg_net's does. On PostgreSQL 18 its files
+// live in a temporary directory that extension_control_path (a superuser setting, set for one transaction) points
+// at; before 18 they go in the server's own extension directory (SHAREDIR/extension, from the pg_config view) for
+// the length of the test.
 test("a database where the pg_net extension is installed is refused until the extension is dropped", async () => {
-  const [server] = await db.sql`select current_setting('server_version_num')::int as version`;
-  expect(server!.version).toBeGreaterThanOrEqual(180000); // extension_control_path is new in PostgreSQL 18
-  const dir = mkdtempSync(join(tmpdir(), "pgnet-extension-"));
+  const [server] = await db.sql`
+    select current_setting('server_version_num')::int as version,
+           (select setting from pg_config where name = 'SHAREDIR') as sharedir
+  `;
+  const ownDirectory = server!.version >= 180000;
+  const dir = ownDirectory ? mkdtempSync(join(tmpdir(), "pgnet-extension-")) : server!.sharedir as string;
+  const files = ["pg_net.control", "pg_net--0.20.4.sql"].map((name) => join(dir, "extension", name));
+  // never overwrite (and then delete) a real pg_net that this server has
+  expect({ existing: files.filter((file) => existsSync(file)) }).toEqual({ existing: [] });
   try {
-    // the server may run as another account than the tests (when they run as root): it must read the files
-    chmodSync(dir, 0o755);
-    mkdirSync(join(dir, "extension"), { mode: 0o755 });
-    writeFileSync(join(dir, "extension", "pg_net.control"), "default_version = '0.20.4'\nrelocatable = false\n", {
-      mode: 0o644,
-    });
-    writeFileSync(join(dir, "extension", "pg_net--0.20.4.sql"), "create schema net;\n", { mode: 0o644 });
+    if (ownDirectory) {
+      // the server may run as another account than the tests (when they run as root): it must read the files
+      chmodSync(dir, 0o755);
+      mkdirSync(join(dir, "extension"), { mode: 0o755 });
+    }
+    writeFileSync(files[0]!, "default_version = '0.20.4'\nrelocatable = false\n", { mode: 0o644 });
+    writeFileSync(files[1]!, "create schema net;\n", { mode: 0o644 });
     await db.sql.begin(async (tx) => {
-      await tx.unsafe(`set local extension_control_path = '$system:${dir}'`);
+      if (ownDirectory) await tx.unsafe(`set local extension_control_path = '$system:${dir}'`);
       await tx`create extension pg_net`;
     });
     try {
@@ -142,6 +149,7 @@ test("a database where the pg_net extension is installed is refused until the ex
     expect(await install(db.sql)).toEqual({ applied: MIGRATIONS.map((m) => m.version), version: LATEST_VERSION });
     await uninstall(db.sql);
   } finally {
-    rmSync(dir, { recursive: true, force: true });
+    if (ownDirectory) rmSync(dir, { recursive: true, force: true });
+    else for (const file of files) rmSync(file, { force: true });
   }
 });
