@@ -20,6 +20,8 @@ export interface HostLimitSettings {
   rules: readonly HostRule[];
 }
 
+const RATE_MARGIN = 0.98;
+
 interface Limit {
   concurrency: number;
   rate: number | null;
@@ -166,7 +168,10 @@ export class HostLimits {
     const rule = this.#settings.rules.find((r) => matches(r.pattern, host));
     return {
       concurrency: rule?.concurrency ?? this.#settings.concurrency,
-      rate: rule?.rate ?? null,
+      // 2 % under the rate asked for: requests reach the server with some jitter on the way (the first on a new
+      // connection later than the next), and a server counting arrivals must not see more than its limit. Measured
+      // on loopback: 21 arrivals 992 ms apart when starts were spaced exactly 1/rate
+      rate: rule?.rate === undefined ? null : rule.rate * RATE_MARGIN,
       burst: rule?.burst ?? 1,
     };
   }

@@ -430,7 +430,7 @@ describe("per-host limits", () => {
     } finally {
       await worker.stop();
     }
-  });
+  }, 20_000);
 
   test("limits are reloadable: raising a rate limit takes effect on reload", async () => {
     const env: Record<string, string> = { PGNET_HOST_LIMITS: "127.0.0.1=rate:2" };
