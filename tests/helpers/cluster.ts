@@ -32,10 +32,21 @@ async function startCluster(): Promise<Cluster> {
   pg.initialise();
   pg.start();
   const admin = connect({ url: pg.url() }, { max: 2 });
-  await admin.unsafe(`create database ${TEMPLATE}`);
-  const template = connect({ url: pg.url(TEMPLATE) }, { max: 1 });
-  await install(template);
-  await template.end();
+  try {
+    await admin.unsafe(`create database ${TEMPLATE}`);
+    const template = connect({ url: pg.url(TEMPLATE) }, { max: 1 });
+    try {
+      await install(template);
+    } finally {
+      await template.end();
+    }
+  } catch (error) {
+    // a schema that does not install (an SQL file in the making) must not leave a server running
+    await admin.end({ timeout: 1 });
+    pg.stop("immediate");
+    rmSync(root, { recursive: true, force: true });
+    throw error;
+  }
   return { pg, root, admin };
 }
 
@@ -88,8 +99,10 @@ export function rawClient(url: string, options: postgres.Options<Record<string, 
 
 export async function stopCluster(): Promise<void> {
   if (!started) return;
-  const { pg, root, admin } = await started;
+  const running = await started.catch(() => null); // a cluster that failed to start stopped itself
   started = undefined;
+  if (!running) return;
+  const { pg, root, admin } = running;
   await admin.end({ timeout: 1 });
   pg.stop("immediate");
   rmSync(root, { recursive: true, force: true });
