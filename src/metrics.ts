@@ -24,6 +24,16 @@ export function outcomeOf(row: ResponseRow): Outcome {
   return NETWORK_ERRORS.has(error) || error.startsWith("Redirect from https") ? "connection" : "invalid";
 }
 
+/**
+ * An attempt's error text as the dashboard and the failure log show it. Texts about a bad request can quote what
+ * the caller queued (`headers must be a JSON object, got {"Authorization": …}`): what follows "got" is left out,
+ * as it may be a secret. The response row keeps the whole text for the role that queued it.
+ */
+export function shownError(row: ResponseRow): string {
+  if (row.error_msg === null) return `HTTP ${row.status_code}`;
+  return outcomeOf(row) === "invalid" ? row.error_msg.replace(/, got [\s\S]*$/, ", got …") : row.error_msg;
+}
+
 /** One attempt that ended, as the worker reports it. */
 export interface Finished {
   id: string;
@@ -230,7 +240,7 @@ export class Metrics {
         host: event.host,
         outcome,
         status: event.row.status_code,
-        error: event.row.error_msg ?? `HTTP ${event.row.status_code}`,
+        error: shownError(event.row),
         durationMs: Math.round(event.durationMs * 10) / 10,
         at: new Date(this.#now()).toISOString(),
       });
@@ -354,7 +364,7 @@ export class FailureLog {
       method: event.method,
       host: event.host,
       outcome,
-      ...(event.row.status_code !== null ? { status: event.row.status_code } : { error: event.row.error_msg }),
+      ...(event.row.status_code !== null ? { status: event.row.status_code } : { error: shownError(event.row) }),
       durationMs: Math.round(event.durationMs * 10) / 10,
       attempt: event.attempt,
       ...(event.retried ? { retried: true } : {}),

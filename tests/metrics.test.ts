@@ -236,6 +236,19 @@ describe("--log-failures", () => {
       expect(notFoundLine).toMatch(/durationMs=\d/);
       expect(lines.find((l) => l.includes(`id=${refusedIds[0]}`))).toContain("Couldn't connect to server");
       for (const id of okIds) expect(lines.some((l) => l.includes(`id=${id}`))).toBe(false);
+      // an error text that quotes what was queued (headers that are not an object, inserted directly) is cut
+      const [quoted] = await db.sql`
+        insert into net.http_request_queue (method, url, headers, timeout_milliseconds)
+        values ('GET', ${fixture.url("/echo")}, '["Authorization: Bearer secret"]', 5000) returning id::text
+      `;
+      await settled([quoted!.id]);
+      const [stored] = await db.sql`select error_msg from net._http_response where id = ${quoted!.id}`;
+      expect(stored!.error_msg).toContain("secret"); // the owner's row keeps the whole text
+      const line = log.lines.find((l) => l.includes(`id=${quoted!.id}`))!;
+      expect(line).toContain("outcome=invalid");
+      expect(line).toContain("headers must be a JSON object, got …");
+      const recent = logging.metrics.activity().failures.find((f) => f.id === quoted!.id)!;
+      expect(recent.error).toBe("headers must be a JSON object, got …");
       for (const secret of ["secret", "token=abc", "4111", "hidden", "Authorization"]) {
         expect(log.lines.join("\n")).not.toContain(secret);
       }
