@@ -1,14 +1,12 @@
 // Installing schema net: idempotent, safe under concurrency, versioned, refusing what it should not touch.
 
 import { afterAll, beforeAll, expect, test } from "bun:test";
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 import { connect } from "../src/db.ts";
 import { install, installedVersion, setUnlogged, uninstall } from "../src/installer.ts";
 import { LATEST_VERSION, MIGRATIONS } from "../src/migrations.ts";
 import { VERSION } from "../src/version.ts";
 import { createDatabase, type TestDatabase } from "./helpers/cluster.ts";
+import { fakePgNet } from "./helpers/extension.ts";
 
 let db: TestDatabase;
 beforeAll(async () => {
@@ -110,32 +108,11 @@ test("--unlogged makes the queue and response tables unlogged", async () => {
   await uninstall(db.sql);
 });
 
-// A real extension named pg_net whose script only creates schema net, as pg_net's does. On PostgreSQL 18 its files
-// live in a temporary directory that extension_control_path (a superuser setting, set for one transaction) points
-// at; before 18 they go in the server's own extension directory (SHAREDIR/extension, from the pg_config view) for
-// the length of the test.
+// A real extension named pg_net whose script only creates schema net, as pg_net's does (tests/helpers/extension.ts).
 test("a database where the pg_net extension is installed is refused until the extension is dropped", async () => {
-  const [server] = await db.sql`
-    select current_setting('server_version_num')::int as version,
-           (select setting from pg_config where name = 'SHAREDIR') as sharedir
-  `;
-  const ownDirectory = server!.version >= 180000;
-  const dir = ownDirectory ? mkdtempSync(join(tmpdir(), "pgnet-extension-")) : server!.sharedir as string;
-  const files = ["pg_net.control", "pg_net--0.20.4.sql"].map((name) => join(dir, "extension", name));
-  // never overwrite (and then delete) a real pg_net that this server has
-  expect({ existing: files.filter((file) => existsSync(file)) }).toEqual({ existing: [] });
+  const extension = await fakePgNet(db.sql, "create schema net;\n");
   try {
-    if (ownDirectory) {
-      // the server may run as another account than the tests (when they run as root): it must read the files
-      chmodSync(dir, 0o755);
-      mkdirSync(join(dir, "extension"), { mode: 0o755 });
-    }
-    writeFileSync(files[0]!, "default_version = '0.20.4'\nrelocatable = false\n", { mode: 0o644 });
-    writeFileSync(files[1]!, "create schema net;\n", { mode: 0o644 });
-    await db.sql.begin(async (tx) => {
-      if (ownDirectory) await tx.unsafe(`set local extension_control_path = '$system:${dir}'`);
-      await tx`create extension pg_net`;
-    });
+    await extension.create(db.sql);
     try {
       await expect(install(db.sql)).rejects.toMatchObject({
         code: "PG_NET_INSTALLED",
@@ -149,7 +126,6 @@ test("a database where the pg_net extension is installed is refused until the ex
     expect(await install(db.sql)).toEqual({ applied: MIGRATIONS.map((m) => m.version), version: LATEST_VERSION });
     await uninstall(db.sql);
   } finally {
-    if (ownDirectory) rmSync(dir, { recursive: true, force: true });
-    else for (const file of files) rmSync(file, { force: true });
+    extension.remove();
   }
 });
