@@ -80,6 +80,7 @@ const RESTART_INTERVAL_MS = 1000;
 
 // lock_not_available (lock_timeout) and query_canceled (statement_timeout)
 const BLOCKED = new Set(["55P03", "57014"]);
+const DEADLOCK = "40P01";
 
 /** The database side of a worker: a pool for its statements and the LISTEN session. Replaced on restart. */
 interface Connections {
@@ -448,7 +449,10 @@ export class Worker {
           this.#fail("schema net is missing or incomplete: idling until it is installed (pgnet install)", error);
         }
       } else {
-        this.#fail("cannot claim requests", error);
+        // a deadlock with another session's DDL (DROP SCHEMA net while a claim runs): PostgreSQL chose the claim
+        // to give way, the other statement went on, and the claim runs again; nothing is wrong with pgnet
+        if (errorCode(error) === DEADLOCK) this.#log.warn("a claim gave way in a deadlock: retrying");
+        else this.#fail("cannot claim requests", error);
         this.#timers.after(backoffMs(this.#failures++), () => this.#kick());
       }
     }
