@@ -230,20 +230,27 @@ async function enqueueCost(ctx: Context, n: number, method: "GET" | "POST", unlo
   }
 }
 
+type Run = Awaited<ReturnType<typeof setup>>;
+
+/** `n` GETs one at a time (each `idleMs` after the last is stored): commit → stored in ms, sorted. */
+async function oneAtATime(ctx: Context, run: Run, n: number, idleMs = 0): Promise<number[]> {
+  const times: number[] = [];
+  for (let i = 0; i < n; i++) {
+    if (idleMs > 0) await Bun.sleep(idleMs);
+    const [row] = await run.sql`select net.http_get(${`${ctx.target}/fast`}) as id`;
+    const committed = performance.now();
+    const id = String(row!.id);
+    while (!run.stored.has(id)) await Bun.sleep(0);
+    times.push(run.stored.get(id)! - committed);
+  }
+  return times.sort((a, b) => a - b);
+}
+
 /** Commit → stored for a request committed after `idleMs` without traffic. */
 async function afterIdle(ctx: Context, samples: number, idleMs: number): Promise<{ p50: number; p99: number }> {
   const run = await setup(ctx);
   try {
-    const times: number[] = [];
-    for (let i = 0; i < samples; i++) {
-      await Bun.sleep(idleMs);
-      const [row] = await run.sql`select net.http_get(${`${ctx.target}/fast`}) as id`;
-      const committed = performance.now();
-      const id = String(row!.id);
-      while (!run.stored.has(id)) await Bun.sleep(0);
-      times.push(run.stored.get(id)! - committed);
-    }
-    times.sort((a, b) => a - b);
+    const times = await oneAtATime(ctx, run, samples, idleMs);
     return { p50: percentile(times, 50), p99: percentile(times, 99) };
   } finally {
     await run.teardown();
@@ -254,15 +261,7 @@ async function afterIdle(ctx: Context, samples: number, idleMs: number): Promise
 async function latency(ctx: Context, n: number): Promise<{ p50: number; p95: number; p99: number }> {
   const run = await setup(ctx);
   try {
-    const times: number[] = [];
-    for (let i = 0; i < n; i++) {
-      const [row] = await run.sql`select net.http_get(${`${ctx.target}/fast`}) as id`;
-      const committed = performance.now();
-      const id = String(row!.id);
-      while (!run.stored.has(id)) await Bun.sleep(0);
-      times.push(run.stored.get(id)! - committed);
-    }
-    times.sort((a, b) => a - b);
+    const times = await oneAtATime(ctx, run, n);
     return { p50: percentile(times, 50), p95: percentile(times, 95), p99: percentile(times, 99) };
   } finally {
     await run.teardown();
@@ -360,15 +359,7 @@ async function futureQueue(ctx: Context, n: number, samples: number): Promise<{ 
     await sql`vacuum analyze net.http_request_queue`;
   });
   try {
-    const times: number[] = [];
-    for (let i = 0; i < samples; i++) {
-      const [row] = await run.sql`select net.http_get(${`${ctx.target}/fast`}) as id`;
-      const committed = performance.now();
-      const id = String(row!.id);
-      while (!run.stored.has(id)) await Bun.sleep(0);
-      times.push(run.stored.get(id)! - committed);
-    }
-    times.sort((a, b) => a - b);
+    const times = await oneAtATime(ctx, run, samples);
     return { p50: percentile(times, 50), p99: percentile(times, 99) };
   } finally {
     await run.teardown();

@@ -54,6 +54,11 @@ export function matches(pattern: string, host: string): boolean {
   return host === pattern;
 }
 
+/** The first rule whose pattern matches `host`, as --host-limits applies them. */
+export function ruleFor(rules: readonly HostRule[], host: string): HostRule | undefined {
+  return rules.find((rule) => matches(rule.pattern, host));
+}
+
 /**
  * Parses --host-limits: rules separated by ";" or whitespace, each PATTERN=KEY:VALUE[,KEY:VALUE…] with keys
  * concurrency, rate (per second, may be fractional) and burst, e.g.
@@ -165,7 +170,7 @@ export class HostLimits {
   }
 
   #limitFor(host: string): Limit {
-    const rule = this.#settings.rules.find((r) => matches(r.pattern, host));
+    const rule = ruleFor(this.#settings.rules, host);
     return {
       concurrency: rule?.concurrency ?? this.#settings.concurrency,
       // 2 % under the rate asked for: requests reach the server with some jitter on the way (the first on a new

@@ -25,10 +25,10 @@ export type Decision =
   /** try again after `delayMs`; `failure` says what went wrong this time */
   | { action: "retry"; delayMs: number; failure: string };
 
-export const DEFAULT_RETRY_ON: readonly string[] = ["connection", "timeout", "429", "5xx"];
+const DEFAULT_RETRY_ON: readonly string[] = ["connection", "timeout", "429", "5xx"];
 const DEFAULTS = { maxAttempts: 5, backoffMs: 1000, maxBackoffMs: 600_000, maxRetryAfterMs: 3_600_000 };
 /** the most attempts a policy may ask for */
-export const MAX_ATTEMPTS_LIMIT = 100;
+const MAX_ATTEMPTS_LIMIT = 100;
 const DAY_MS = 86_400_000;
 
 /** Transport failures that may pass by themselves; a refused destination, a bad header or a size limit does not. */
@@ -100,18 +100,6 @@ export function parseRetryPolicyText(text: string): RetryPolicy | null {
   return parseRetryPolicy(value);
 }
 
-/** The policy's JSON form, as stored in the queue and shown by /status. */
-export function formatRetryPolicy(policy: RetryPolicy | null): unknown {
-  if (!policy) return "none";
-  return {
-    max_attempts: policy.maxAttempts,
-    retry_on: policy.retryOn,
-    backoff_ms: policy.backoffMs,
-    max_backoff_ms: policy.maxBackoffMs,
-    max_retry_after_ms: policy.maxRetryAfterMs,
-  };
-}
-
 /** The outcome names an attempt matches: ["timeout"], ["connection"], or ["503", "5xx"]; [] for the rest. */
 function outcomes(row: ResponseRow): string[] {
   if (row.timed_out) return ["timeout"];
@@ -123,7 +111,7 @@ function outcomes(row: ResponseRow): string[] {
 }
 
 /** What went wrong, in a line: the error text, or "HTTP 503". */
-export function describeOutcome(row: ResponseRow): string {
+function describeOutcome(row: ResponseRow): string {
   return row.error_msg ?? `HTTP ${row.status_code}`;
 }
 
@@ -150,7 +138,7 @@ export function decide(
 }
 
 /** Full jitter: retry n (after attempt n) waits a uniform random time up to min(cap, backoff · 2^(n−1)). */
-export function backoffDelay(policy: RetryPolicy, attempt: number, random = Math.random): number {
+function backoffDelay(policy: RetryPolicy, attempt: number, random = Math.random): number {
   return Math.round(random() * maxDelay(policy, attempt));
 }
 

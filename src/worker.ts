@@ -8,7 +8,7 @@ import { connect, readDatabaseSettings, type Sql, type Target } from "./db.ts";
 import { coerceError, errorCode } from "./errors.ts";
 import { EgressPolicy, guardedResolve } from "./egress.ts";
 import { type Agents, failure, performRequest, type Resolve, systemResolve } from "./http.ts";
-import { HostLimits, type HostLimitSettings, matches } from "./limits.ts";
+import { HostLimits, type HostLimitSettings, ruleFor } from "./limits.ts";
 import { CONTROL_CHANNEL, Listener, WAKE_CHANNEL } from "./listener.ts";
 import type { Logger } from "./log.ts";
 import { FailureLog, type Finished, Metrics } from "./metrics.ts";
@@ -258,9 +258,15 @@ export class Worker {
     }
   }
 
-  /** The per-host label of metrics: the --host-limits pattern a host matches, or "other" (a bounded set). */
-  #hostLabel(host: string): string {
-    return this.settings.hostRules.find((rule) => matches(rule.pattern, host))?.pattern ?? "other";
+  /**
+   * Counts an attempt's outcome (/metrics, the dashboard) and logs it if it failed (--log-failures). Its host is
+   * labelled by the --host-limits pattern it matches, or "other": a bounded set of label values.
+   */
+  #report(event: Omit<Finished, "hostLabel" | "retried">, retried: boolean): void {
+    const hostLabel = ruleFor(this.settings.hostRules, event.host)?.pattern ?? "other";
+    const finished = { ...event, hostLabel, retried };
+    this.metrics.finished(finished);
+    this.#failureLog?.attempt(finished);
   }
 
   #hostLimits(): HostLimitSettings {
@@ -528,10 +534,8 @@ export class Worker {
   /** Stores an error row for a request that is not sent at all (a poison row), counted like any outcome. */
   #reject(claimed: Claimed, message: string): void {
     const row = failure(claimed.request.id, message, false);
-    const event = { id: row.id, method: claimed.request.method, host: claimed.host, row, durationMs: 0 };
-    const finished = { ...event, attempt: claimed.attempts, hostLabel: this.#hostLabel(claimed.host), retried: false };
-    this.metrics.finished(finished);
-    this.#failureLog?.attempt(finished);
+    const { method } = claimed.request;
+    this.#report({ id: row.id, method, host: claimed.host, row, durationMs: 0, attempt: claimed.attempts }, false);
     this.#store(row, null);
   }
 
@@ -556,9 +560,7 @@ export class Worker {
   ): void {
     const { row, attempt } = event;
     const decision = decide(policy, attempt, row, policy ? retryAfter(row.headers) : null);
-    const finished = { ...event, hostLabel: this.#hostLabel(event.host), retried: decision.action === "retry" };
-    this.metrics.finished(finished);
-    this.#failureLog?.attempt(finished);
+    this.#report(event, decision.action === "retry");
     if (decision.action === "store") {
       row.last_error = decision.failure;
       row.dead = decision.dead;
