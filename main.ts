@@ -58,6 +58,7 @@ async function runCommand(target: Target, options: CliOptions, log: Logger, onFo
     egress: new EgressPolicy({ preset, allow, deny }),
     allowInsecureRedirects,
     ...(options.ca ? { agents: createAgents({ ca: options.ca }) } : {}),
+    ...(options.proxy ? { proxy: options.proxy } : {}),
     logFailures: options.logFailures,
   });
   await worker.start();

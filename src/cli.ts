@@ -6,6 +6,7 @@ import { type SettingFlag, SETTINGS, type SettingValues } from "./config.ts";
 import type { EgressPolicyOptions, EgressPreset } from "./egress.ts";
 import { EgressPolicy } from "./egress.ts";
 import { PgnetError } from "./errors.ts";
+import { parseProxy, type Proxy } from "./http.ts";
 import { LOG_FORMATS, LOG_LEVELS, type LogFormat, type LogLevel } from "./log.ts";
 import { PG_NET_API_VERSION, VERSION } from "./version.ts";
 
@@ -38,6 +39,8 @@ export interface CliOptions {
   egress: EgressOptions;
   /** --ca-file: extra certificate authorities (PEM text) */
   ca?: string;
+  /** --proxy: the HTTP proxy every request goes through */
+  proxy?: Proxy;
   /** install: switch to pgnet's privileges or pg_net's; unset keeps what the database has */
   privileges?: Privileges;
   /** --log-failures: a line per failed attempt */
@@ -125,6 +128,12 @@ export const OPTIONS: Readonly<Record<string, OptionSpec>> = {
     type: "string",
     env: "PGNET_CA_FILE",
     help: "PEM file of certificate authorities to trust for https, in addition to the system's (private CAs)",
+  },
+  proxy: {
+    type: "string",
+    env: "PGNET_PROXY",
+    help: "send every request through this HTTP proxy, http://[user:password@]host:port (CONNECT for https); " +
+      "HTTP_PROXY and the like are ignored",
   },
   "allow-insecure-redirects": {
     type: "boolean",
@@ -294,6 +303,16 @@ export function parseCli(argv: string[], env: Record<string, string | undefined>
       throw invalid(origin("ca-file"), "a PEM file of certificates", caFile);
     }
   }
+  const proxyText = get("proxy");
+  let proxy: Proxy | undefined;
+  if (proxyText !== undefined && proxyText !== "") {
+    try {
+      proxy = parseProxy(proxyText);
+    } catch (error) {
+      const shown = proxyText.replace(/\/\/([^/@:]*):[^/@]*@/, "//$1:***@"); // never a password in an error
+      throw invalid(origin("proxy"), "an http://host:port URL", `${shown} (${(error as Error).message})`);
+    }
+  }
   const database = typeof values.database === "string" ? values.database : undefined;
   const privileges = values.privileges as string | undefined;
   if (privileges !== undefined && !PRIVILEGES.includes(privileges as Privileges)) {
@@ -313,6 +332,7 @@ export function parseCli(argv: string[], env: Record<string, string | undefined>
     unlogged: values.unlogged === true,
     egress,
     ...(ca !== undefined ? { ca } : {}),
+    ...(proxy ? { proxy } : {}),
     ...(privileges !== undefined ? { privileges: privileges as Privileges } : {}),
     logFailures: values["log-failures"] === true || flag(origin("log-failures"), env.PGNET_LOG_FAILURES),
     json: values.json === true,

@@ -27,9 +27,12 @@
 // - pgnet's own listeners are denied above every other rule, so no allow reopens them. A listener on 0.0.0.0, ::
 //   or no host is denied on its port at every address (it answers on all interfaces); one on localhost is denied
 //   on its port at 127.0.0.0/8 and ::1.
+// - Through a proxy (--proxy) the proxy resolves names: pgnet judges the name, and the address only where the URL
+//   holds one or names localhost. The proxy's own address is the operator's choice and is not judged.
 
+import { isIP } from "node:net";
 import { PgnetError } from "./errors.ts";
-import type { Address, Resolve } from "./http.ts";
+import { type Address, isLocalhost, type Resolve, systemResolve } from "./http.ts";
 import { RequestError } from "./libcurl.ts";
 
 export type EgressPreset = "default" | "public";
@@ -237,6 +240,21 @@ export function guardedResolve(policy: EgressPolicy, resolve: Resolve): Resolve 
       }
     }
     return addresses;
+  };
+}
+
+/**
+ * The check when requests go through a proxy (--proxy), which resolves names itself: the name is judged, and so
+ * is the address when the URL holds one or names localhost (loopback by definition), but an ordinary name is not
+ * resolved, so its addresses are the proxy's to judge. Resolves with the addresses checked, or none.
+ */
+export function proxiedCheck(policy: EgressPolicy): Resolve {
+  const literal = guardedResolve(policy, systemResolve);
+  return async (hostname: string, port: number): Promise<Address[]> => {
+    if (isIP(hostname) !== 0 || isLocalhost(hostname)) return await literal(hostname, port);
+    const byName = policy.checkName(hostname, port);
+    if (byName) throw new RequestError(denialMessage(hostname, byName));
+    return [];
   };
 }
 

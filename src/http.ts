@@ -9,7 +9,7 @@ import { Buffer } from "node:buffer";
 import { lookup } from "node:dns/promises";
 import http, { type IncomingMessage } from "node:http";
 import https from "node:https";
-import { isIP, type LookupFunction } from "node:net";
+import { isIP, type LookupFunction, type Socket } from "node:net";
 import tls from "node:tls";
 import { describeError, ERRORS, RequestError, type Stage, timeoutMessage, type Timings } from "./libcurl.ts";
 import type { QueuedRequest, ResponseRow } from "./queue.ts";
@@ -41,11 +41,53 @@ export interface HttpOptions {
   agents?: Agents;
   /** follow a redirect from https to http (refused by default) */
   allowInsecureRedirects?: boolean;
+  /** send every request through this HTTP proxy (--proxy); `resolve` then only checks, the proxy resolves */
+  proxy?: Proxy;
 }
 
 export interface Agents {
   http: http.Agent;
   https: https.Agent;
+  /** the certificate authorities https trusts, when not only the runtime's own (tunnels through a proxy use them) */
+  ca?: string[];
+}
+
+/**
+ * An HTTP proxy (--proxy http://[user:password@]host:port). Plain http requests go to it in absolute form over
+ * pooled keep-alive connections; https requests open a CONNECT tunnel each and speak TLS to the destination
+ * through it, so the certificate is the destination's and checked as without a proxy.
+ */
+export interface Proxy {
+  /** host name or IP address, unbracketed */
+  host: string;
+  port: number;
+  /** Proxy-Authorization, from the URL's user and password */
+  authorization: string | null;
+  /** the URL with its password masked, for logs and /status */
+  display: string;
+}
+
+/** Reads --proxy: an http:// URL with a host, an optional port (80) and credentials, and nothing else. */
+export function parseProxy(text: string): Proxy {
+  let url: URL;
+  try {
+    url = new URL(text);
+  } catch {
+    throw new Error("not a URL");
+  }
+  if (url.protocol !== "http:") throw new Error(`only http:// proxies are supported, not ${url.protocol}//`);
+  if (url.hostname === "") throw new Error("no host");
+  if ((url.pathname !== "/" && url.pathname !== "") || url.search || url.hash) {
+    throw new Error("a proxy URL has no path, query or fragment");
+  }
+  const hasCredentials = url.username !== "" || url.password !== "";
+  const pair = `${decodeURIComponent(url.username)}:${decodeURIComponent(url.password)}`;
+  return {
+    host: bare(url.hostname),
+    port: Number(url.port) || 80,
+    authorization: hasCredentials ? `Basic ${Buffer.from(pair, "utf8").toString("base64")}` : null,
+    display: `http://${hasCredentials ? `${url.username}:***@` : ""}${url.host}`,
+  };
 }
 
 /** The request id travels with every attempt, so receivers can drop a duplicate delivery after a crash. */
@@ -80,7 +122,7 @@ let sharedAgents: Agents | undefined;
 export function createAgents(options: { ca?: string | Buffer } = {}): Agents {
   const common = { keepAlive: true, maxSockets: Infinity, maxFreeSockets: 1024 };
   const ca = options.ca ? { ca: [...tls.rootCertificates, options.ca.toString()] } : {};
-  return { http: new http.Agent(common), https: new https.Agent({ ...common, ...ca }) };
+  return { http: new http.Agent(common), https: new https.Agent({ ...common, ...ca }), ...ca };
 }
 
 const LOOPBACK: Address[] = [{ address: "127.0.0.1", family: 4 }, { address: "::1", family: 6 }];
@@ -92,14 +134,19 @@ const LOOPBACK: Address[] = [{ address: "127.0.0.1", family: 4 }, { address: "::
 export const systemResolve: Resolve = async (hostname) => {
   const family = isIP(hostname);
   if (family !== 0) return [{ address: hostname, family: family as 4 | 6 }];
-  const lower = hostname.toLowerCase().replace(/\.$/, "");
-  if (lower === "localhost" || lower.endsWith(".localhost")) return LOOPBACK;
+  if (isLocalhost(hostname)) return LOOPBACK;
   try {
     return (await lookup(hostname, { all: true })).map((a) => ({ address: a.address, family: a.family as 4 | 6 }));
   } catch {
     throw new RequestError(ERRORS.resolve);
   }
 };
+
+/** localhost and names under it (RFC 6761): loopback, whatever DNS or /etc/hosts say. */
+export function isLocalhost(hostname: string): boolean {
+  const lower = hostname.toLowerCase().replace(/\.$/, "");
+  return lower === "localhost" || lower.endsWith(".localhost");
+}
 
 class TimeoutError extends Error {}
 
@@ -167,7 +214,16 @@ async function exchange(request: QueuedRequest, options: HttpOptions, attempt: A
     const addresses = await lookUp(resolve, bare(url.hostname), port, attempt);
     if (attempt.timings.dns === 0) attempt.timings.dns = attempt.elapsed();
     attempt.stage = "connect";
-    const response = await send(url, method, credentials(url, headers), body, addresses, agents, attempt);
+    const response = await send(
+      url,
+      method,
+      credentials(url, headers),
+      body,
+      addresses,
+      agents,
+      attempt,
+      options.proxy,
+    );
     const location = response.headers.location;
     if (!REDIRECT_STATUSES.has(response.statusCode ?? 0) || location === undefined) {
       attempt.stage = "body";
@@ -214,7 +270,7 @@ function lookUp(resolve: Resolve, hostname: string, port: number, attempt: Attem
 }
 
 /** Sends one hop and resolves with the response once its status line and headers have arrived. */
-function send(
+async function send(
   url: URL,
   method: string,
   headers: [string, string][],
@@ -222,28 +278,43 @@ function send(
   addresses: Address[],
   agents: Agents,
   attempt: Attempt,
+  proxy: Proxy | undefined,
 ): Promise<IncomingMessage> {
   const secure = url.protocol === "https:";
   // Host first, as libcurl sends it; node:http on Bun adds none when headers come as a list
   const lines = ["Host", url.host, ...headers.flat()];
   if (body) lines.push("Content-Length", String(body.byteLength));
   else if (BODY_METHODS.has(method)) lines.push("Content-Length", "0");
-  // the addresses were resolved and checked once; the connection goes to one of them
-  const fixed: LookupFunction = (_name, opts, callback) => {
-    const cb = callback as (...args: unknown[]) => void;
-    if ((opts as { all?: boolean }).all) cb(null, addresses);
-    else cb(null, addresses[0]!.address, addresses[0]!.family);
-  };
-  return new Promise<IncomingMessage>((resolve, reject) => {
+  const host = bare(url.hostname);
+  const port = url.port || (secure ? 443 : 80);
+  const path = url.pathname + url.search;
+  let route: http.RequestOptions;
+  if (!proxy) {
+    // the addresses were resolved and checked once; the connection goes to one of them
+    const fixed: LookupFunction = (_name, opts, callback) => {
+      const cb = callback as (...args: unknown[]) => void;
+      if ((opts as { all?: boolean }).all) cb(null, addresses);
+      else cb(null, addresses[0]!.address, addresses[0]!.family);
+    };
+    route = { host, port, path, agent: secure ? agents.https : agents.http, lookup: fixed };
+  } else if (!secure) {
+    // absolute form to the proxy, which resolves the name (its address is the operator's choice: no check)
+    if (proxy.authorization) lines.push("Proxy-Authorization", proxy.authorization);
+    route = { host: proxy.host, port: proxy.port, path: `http://${url.host}${path}`, agent: agents.http };
+  } else {
+    const socket = await tunnel(proxy, url, attempt);
+    const ca = agents.ca ? { ca: agents.ca } : {};
+    const servername = isIP(host) ? {} : { servername: host };
+    // the authorities go to the request and the socket alike: Bun checks the certificate with the request's
+    const createConnection = () => tls.connect({ socket, ...servername, ...ca });
+    route = { host, port, path, agent: false, ...ca, createConnection };
+  }
+  return await new Promise<IncomingMessage>((resolve, reject) => {
     const request = (secure ? https : http).request({
       protocol: url.protocol,
-      host: bare(url.hostname),
-      port: url.port || (secure ? 443 : 80),
-      path: url.pathname + url.search,
+      ...route,
       method,
       headers: lines as unknown as http.OutgoingHttpHeaders,
-      agent: secure ? agents.https : agents.http,
-      lookup: fixed,
     }, resolve);
     attempt.cancel = (error) => request.destroy(error);
     request.on("error", reject);
@@ -253,12 +324,41 @@ function send(
         attempt.timings.sent = attempt.timings.handshake;
         attempt.stage = "http";
       };
-      // a socket from the keep-alive pool is connected already
-      if ((socket as { connecting?: boolean }).connecting === false && !socket.destroyed) ready();
+      // a socket from the keep-alive pool is connected already (a tunnel's TLS socket never is: it is new)
+      const pooled = (socket as { connecting?: boolean }).connecting === false && !route.createConnection;
+      if (pooled && !socket.destroyed) ready();
       else socket.once(secure ? "secureConnect" : "connect", ready);
     });
     if (body) request.end(body);
     else request.end();
+  });
+}
+
+/**
+ * Opens a CONNECT tunnel through the proxy to the URL's host and port (the name as given: the proxy resolves it).
+ * A refusal is libcurl's error for it; the timeout and cancellation cover the tunnel as they do a connection.
+ */
+function tunnel(proxy: Proxy, url: URL, attempt: Attempt): Promise<Socket> {
+  const authority = `${url.hostname}:${url.port || 443}`;
+  const lines = ["Host", authority];
+  if (proxy.authorization) lines.push("Proxy-Authorization", proxy.authorization);
+  return new Promise((resolve, reject) => {
+    const request = http.request({
+      host: proxy.host,
+      port: proxy.port,
+      method: "CONNECT",
+      path: authority,
+      headers: lines as unknown as http.OutgoingHttpHeaders,
+      agent: false,
+    });
+    attempt.cancel = (error) => request.destroy(error);
+    request.on("error", reject);
+    request.on("connect", (response: IncomingMessage, socket: Socket) => {
+      if (response.statusCode === 200) return resolve(socket);
+      socket.destroy();
+      reject(new RequestError(`Received HTTP code ${response.statusCode} from proxy after CONNECT`));
+    });
+    request.end();
   });
 }
 

@@ -6,8 +6,8 @@ import { Hold, hostKey, MemoryBudget, REQUEST_RESERVE, ResponseSizes } from "./b
 import { type ResolvedSettings, resolveSettings, type SettingValues, type WorkerSettings } from "./config.ts";
 import { connect, readDatabaseSettings, type Sql, type Target } from "./db.ts";
 import { coerceError, errorCode } from "./errors.ts";
-import { EgressPolicy, guardedResolve } from "./egress.ts";
-import { type Agents, failure, performRequest, type Resolve, systemResolve } from "./http.ts";
+import { EgressPolicy, guardedResolve, proxiedCheck } from "./egress.ts";
+import { type Agents, failure, performRequest, type Proxy, type Resolve, systemResolve } from "./http.ts";
 import { HostLimits, type HostLimitSettings, ruleFor } from "./limits.ts";
 import { CONTROL_CHANNEL, Listener, WAKE_CHANNEL } from "./listener.ts";
 import type { Logger } from "./log.ts";
@@ -36,6 +36,8 @@ export interface WorkerOptions {
   resolve?: Resolve;
   /** connection pools (--ca-file adds certificate authorities to them) */
   agents?: Agents;
+  /** --proxy: every request goes through it, and the policy judges names instead of resolved addresses */
+  proxy?: Proxy;
   /** where the worker's events are counted (/metrics, the dashboard); one of its own when not given */
   metrics?: Metrics;
   /** --log-failures: one rate-limited line per failed attempt */
@@ -63,7 +65,7 @@ export interface WorkerStatus {
   blocked: { message: string; since: number } | null;
   /** bytes of bodies held, of the memory budget's capacity */
   memory: { used: number; budget: number; waiting: number };
-  egress: ReturnType<EgressPolicy["describe"]> & { allowInsecureRedirects: boolean };
+  egress: ReturnType<EgressPolicy["describe"]> & { allowInsecureRedirects: boolean; proxy: string | null };
 }
 
 export interface Counters {
@@ -183,13 +185,16 @@ export class Worker {
     this.#kick(); // the listener's catch-up ran before the connections were in place
     this.#schedulePoll();
     this.#scheduleLeaseRenewal();
-    this.#log.info("worker started", { worker: this.id, ...this.settings, egress: this.#egress.describe() });
+    const proxy = this.#options.proxy ? { proxy: this.#options.proxy.display } : {};
+    this.#log.info("worker started", { worker: this.id, ...this.settings, egress: this.#egress.describe(), ...proxy });
   }
 
   /** Replaces the egress policy (pgnet's own status server joins it once it listens); applies to new requests. */
   useEgressPolicy(policy: EgressPolicy): void {
     this.#egress = policy;
-    this.#resolve = guardedResolve(policy, this.#options.resolve ?? systemResolve);
+    this.#resolve = this.#options.proxy
+      ? proxiedCheck(policy)
+      : guardedResolve(policy, this.#options.resolve ?? systemResolve);
   }
 
   /** Re-reads settings: flags, environment, and pg_net.* as a new session sees them. */
@@ -246,7 +251,11 @@ export class Worker {
       lastError: this.#lastError,
       blocked: this.#blocked,
       memory: { used: this.#budget.used, budget: this.#budget.capacity, waiting: this.#budget.waiting },
-      egress: { ...this.#egress.describe(), allowInsecureRedirects: this.#options.allowInsecureRedirects === true },
+      egress: {
+        ...this.#egress.describe(),
+        allowInsecureRedirects: this.#options.allowInsecureRedirects === true,
+        proxy: this.#options.proxy?.display ?? null,
+      },
     };
   }
 
@@ -514,6 +523,7 @@ export class Worker {
           resolve: this.#resolve,
           allowInsecureRedirects: this.#options.allowInsecureRedirects === true,
           ...(this.#options.agents ? { agents: this.#options.agents } : {}),
+          ...(this.#options.proxy ? { proxy: this.#options.proxy } : {}),
         });
         durationMs = performance.now() - started;
         if (row.status_code !== null) this.#sizes.record(hostKey(request.url), hold.bodyBytes);

@@ -12,6 +12,7 @@ import { LATEST_VERSION } from "../src/migrations.ts";
 import { createDatabase, type TestDatabase } from "./helpers/cluster.ts";
 import { binary, cleanEnv, emptyDir, PgnetProcess, ROOT, runPgnet } from "./helpers/binary.ts";
 import { Fixture } from "./helpers/fixture.ts";
+import { ProxyFixture } from "./helpers/proxy.ts";
 import { makeCertificates } from "./helpers/tls.ts";
 import { responseFor, waitFor } from "./helpers/worker.ts";
 
@@ -481,6 +482,34 @@ describe("egress", () => {
     expect(stderr.trim()).toBe(
       'pgnet: Invalid --egress-allow entry "10.0.0.0/33": expected an IP address, a CIDR such as 10.0.0.0/8, a host ' +
         "name or *.suffix, each with an optional :port",
+    );
+  });
+
+  test("--proxy sends requests through the proxy and shows it, password masked, in the start line and /status", async () => {
+    const proxy = await ProxyFixture.start();
+    const pgnet = new PgnetProcess(["--database", db.url, "--status-port", "0"], {
+      env: cleanEnv({ PGNET_PROXY: proxy.url("pgnet:hunter2") }),
+    });
+    try {
+      const url = await pgnet.statusUrl();
+      const started = pgnet.lines.find((l) => l.includes("worker started"))!;
+      expect(started).toContain(`http://pgnet:***@127.0.0.1:${proxy.port}`);
+      expect(pgnet.lines.join("\n")).not.toContain("hunter2");
+      const [{ id }] = await db.sql`select net.http_get(${fixture.url("/echo")}) as id` as unknown as [{ id: string }];
+      expect((await responseFor(db.sql, id)).status_code).toBe(200);
+      expect(proxy.requests.map((r) => r.target)).toEqual([fixture.url("/echo")]);
+      const status = (await getJson(`${url}/status`)).body as { egress?: unknown };
+      expect(status.egress).toMatchObject({ proxy: `http://pgnet:***@127.0.0.1:${proxy.port}` });
+      expect(JSON.stringify(status)).not.toContain("hunter2");
+    } finally {
+      expect(await pgnet.stop()).toBe(0);
+      await proxy.stop();
+    }
+    const bad = runPgnet(["--proxy", "https://pgnet:hunter2@proxy.internal:3128"]);
+    expect(bad.code).toBe(2);
+    expect(bad.stderr.trim()).toBe(
+      'pgnet: Invalid --proxy: expected an http://host:port URL, got "https://pgnet:***@proxy.internal:3128 ' +
+        '(only http:// proxies are supported, not https://)"',
     );
   });
 });
