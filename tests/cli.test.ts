@@ -10,7 +10,7 @@ import { SETTINGS } from "../src/config.ts";
 import { freePort } from "../src/embedded.ts";
 import { LATEST_VERSION } from "../src/migrations.ts";
 import { createDatabase, type TestDatabase } from "./helpers/cluster.ts";
-import { binary, cleanEnv, emptyDir, PgnetProcess, ROOT, runPgnet } from "./helpers/binary.ts";
+import { binary, cleanEnv, DENO, emptyDir, PgnetProcess, ROOT, runPgnet } from "./helpers/binary.ts";
 import { Fixture } from "./helpers/fixture.ts";
 import { ProxyFixture } from "./helpers/proxy.ts";
 import { makeCertificates } from "./helpers/tls.ts";
@@ -395,9 +395,6 @@ describe("signals", () => {
   });
 });
 
-// Deno comes from the optional npm package @deno/linux-x64-glibc (the registry we use carries only that one)
-const deno = join(ROOT, "node_modules", "@deno", "linux-x64-glibc", "deno");
-
 describe("egress", () => {
   test("pgnet's own status port is denied as a destination, and /status shows the policy in force", async () => {
     const pgnet = new PgnetProcess(["--database", db.url, "--status-port", "0", "--egress-deny", "10.0.0.0/8"]);
@@ -532,10 +529,11 @@ describe("signals to a process group", () => {
 });
 
 describe("Deno", () => {
-  test.skipIf(!existsSync(deno))(
+  // Deno comes from the optional npm package @deno/linux-x64-glibc (the registry we use carries only that one)
+  test.skipIf(!existsSync(DENO))(
     "pgnet runs under Deno too: health, a request, header spelling, binary bodies both ways",
     async () => {
-      const command = [deno, "run", "--allow-all", `--config=${join(ROOT, "deno.json")}`, join(ROOT, "main.ts")];
+      const command = [DENO, "run", "--allow-all", `--config=${join(ROOT, "deno.json")}`, join(ROOT, "main.ts")];
       const pgnet = new PgnetProcess(["--database", db.url, "--status-port", "0"], { command });
       try {
         const url = await pgnet.statusUrl();

@@ -18,6 +18,14 @@ async function queueCount(): Promise<number> {
   return row!.n;
 }
 
+// the version matrix (tests/run.sh) names the major it means to test; the server must be that one
+const major = process.env.PGNET_TEST_PG_MAJOR;
+test(`the server is the PostgreSQL asked for (${major ?? "the embedded default"})`, async () => {
+  const [row] = await db.sql`select current_setting('server_version_num')::int / 10000 as major`;
+  if (major) expect(String(row!.major)).toBe(major);
+  else expect(row!.major).toBeGreaterThanOrEqual(14);
+});
+
 describe("signatures", () => {
   // pg_net-behavior.md §1.2, as pg_get_function_arguments prints it
   const expected: Record<string, [string, string]> = {

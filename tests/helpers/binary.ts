@@ -1,7 +1,7 @@
 // The compiled ./pgnet, built once per test run into a temporary directory, and ways to run it.
 
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
-import { chmodSync, mkdtempSync, rmSync } from "node:fs";
+import { chmodSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { waitFor } from "./worker.ts";
@@ -22,9 +22,26 @@ export function removeTemporaryDirs(): void {
   built = undefined;
 }
 
-/** Path of a freshly compiled pgnet executable (compile.sh into a temporary directory). */
+/** The runtime the end-to-end tests run pgnet under: the compiled Bun binary, or main.ts under Deno. */
+export const RUNTIME: "bun" | "deno" = process.env.PGNET_TEST_RUNTIME === "deno" ? "deno" : "bun";
+export const DENO = join(ROOT, "node_modules", "@deno", "linux-x64-glibc", "deno");
+
+/**
+ * Path of a pgnet to run: a freshly compiled executable (compile.sh into a temporary directory), or, with
+ * PGNET_TEST_RUNTIME=deno, a launcher that execs `deno run main.ts` (signals reach Deno itself).
+ */
 export function binary(): string {
   if (built) return built;
+  if (RUNTIME === "deno") {
+    const launcher = join(temporaryDir("pgnet-deno-"), "pgnet");
+    const config = join(ROOT, "deno.json");
+    writeFileSync(
+      launcher,
+      `#!/bin/sh\nexec '${DENO}' run --allow-all --config='${config}' '${join(ROOT, "main.ts")}' "$@"\n`,
+    );
+    chmodSync(launcher, 0o755);
+    return built = launcher;
+  }
   const out = join(temporaryDir("pgnet-bin-"), "pgnet");
   const result = spawnSync("bash", ["compile.sh"], {
     cwd: ROOT,
