@@ -5,17 +5,16 @@ import { join } from "node:path";
 import { type CliOptions, parseCli, usage } from "./src/cli.ts";
 import { resolveSettings } from "./src/config.ts";
 import { installCommand, statusCommand, uninstallCommand, withSql } from "./src/commands.ts";
-import { connect, describe, resolveTarget, type Target } from "./src/db.ts";
+import { resolveTarget, type Target } from "./src/db.ts";
 import { EmbeddedPostgres } from "./src/embedded.ts";
 import { coerceError, errorCode, PgnetError } from "./src/errors.ts";
 import { createLogger, type Logger } from "./src/log.ts";
 import { serve } from "./src/runtime.ts";
 import { EgressPolicy } from "./src/egress.ts";
 import { createAgents } from "./src/http.ts";
-import { readQueueDepth } from "./src/queue.ts";
 import { createStatusApp } from "./src/status.ts";
 import { PG_NET_API_VERSION, VERSION } from "./src/version.ts";
-import { Worker } from "./src/worker.ts";
+import { databaseLabels, Fleet, namesNoDatabase } from "./src/fleet.ts";
 
 /** a signal this soon after the first is the same one delivered twice, not an operator insisting */
 const DUPLICATE_SIGNAL_MS = 500;
@@ -32,10 +31,12 @@ const CONNECT_ERRORS = new Set([
   "3D000",
 ]);
 
-/** Where to connect: the database given, or an embedded PostgreSQL started (and kept) in --data-dir. */
-function openTarget(options: CliOptions, log: Logger): { target: Target; close(): void } {
-  const given = resolveTarget(options.database, process.env);
-  if (given) return { target: given, close() {} };
+/** Where to connect: the databases given, or an embedded PostgreSQL started (and kept) in --data-dir. */
+function openTargets(options: CliOptions, log: Logger): { targets: Target[]; close(): void } {
+  const given = options.databases.length > 0
+    ? options.databases.map((d) => resolveTarget(d, process.env)!)
+    : [resolveTarget(undefined, process.env)].filter((t) => t !== undefined);
+  if (given.length > 0) return { targets: given, close() {} };
   const pg = new EmbeddedPostgres({ dataDir: join(options.dataDir, "postgres"), port: options.embeddedPort });
   if (pg.initialise()) log.info("created an embedded PostgreSQL cluster", { dataDir: pg.dataDir });
   const started = !pg.running();
@@ -43,15 +44,18 @@ function openTarget(options: CliOptions, log: Logger): { target: Target; close()
   log.info("embedded PostgreSQL is up; connect with:", {
     psql: `PGPASSWORD=$(cat ${pg.passwordFile}) psql -h 127.0.0.1 -p ${pg.port} -U ${pg.user} postgres`,
   });
-  return { target: { url: pg.url() }, close: () => started && pg.stop("fast") };
+  return { targets: [{ url: pg.url() }], close: () => started && pg.stop("fast") };
 }
 
 /** Runs until a signal. `onForcedExit` cleans up before a second signal ends the process without unwinding. */
-async function runCommand(target: Target, options: CliOptions, log: Logger, onForcedExit: () => void): Promise<number> {
-  await withSql(target, (sql) => installCommand(sql, options, log));
+async function runCommand(
+  targets: Target[],
+  options: CliOptions,
+  log: Logger,
+  onForcedExit: () => void,
+): Promise<number> {
   const { preset, allow, deny, allowInsecureRedirects } = options.egress;
-  const worker = new Worker({
-    target,
+  const fleet = new Fleet({
     logger: log,
     flags: options.settings,
     env: process.env,
@@ -61,27 +65,49 @@ async function runCommand(target: Target, options: CliOptions, log: Logger, onFo
     ...(options.proxy ? { proxy: options.proxy } : {}),
     logFailures: options.logFailures,
   });
-  await worker.start();
+  try {
+    if (options.allDatabases) {
+      // serves what has schema net: installing is `pgnet install --database …`'s to do
+      await fleet.discover(targets[0]!, options.discoveryIntervalMs);
+    } else if (targets.length === 1 && namesNoDatabase(targets[0]!)) {
+      await fleet.follow(targets[0]!, (target) => withSql(target, (sql) => installCommand(sql, options, log)));
+    } else {
+      const several = targets.length > 1;
+      const labels = databaseLabels(targets);
+      for (const [i, target] of targets.entries()) {
+        try {
+          await withSql(target, (sql) => installCommand(sql, options, log));
+        } catch (error) {
+          if (!several) throw error;
+          // one database out of several: it alone waits (its worker keeps trying to connect)
+          log.error("cannot install schema net in this database", { database: labels[i], error: coerceError(error) });
+        }
+        await fleet.add(target, labels[i]!, { retry: several });
+      }
+    }
+  } catch (error) {
+    await fleet.stop(0);
+    throw error;
+  }
 
-  const monitor = connect(target, {
-    max: 1,
-    idle_timeout: 30,
-    connect_timeout: 5,
-    connection: { search_path: "pg_catalog, pg_temp" },
-  });
   let server: Awaited<ReturnType<typeof serve>> | undefined;
   if (options.statusPort !== undefined) {
     const app = createStatusApp({
-      worker,
-      metrics: worker.metrics,
-      database: describe(monitor),
+      databases: () => fleet.served(),
+      reload: () => fleet.reload(),
+      restart: () => fleet.restart(),
+      window: fleet.window,
       ...(options.statusToken ? { token: options.statusToken } : {}),
       listener: options.statusHost,
-      queueDepth: () => readQueueDepth(monitor),
     });
-    server = await serve(app.fetch, { hostname: options.statusHost, port: options.statusPort });
+    try {
+      server = await serve(app.fetch, { hostname: options.statusHost, port: options.statusPort });
+    } catch (error) {
+      await fleet.stop(0);
+      throw error;
+    }
     // requests may never reach pgnet's own status server
-    worker.useEgressPolicy(
+    fleet.useEgressPolicy(
       new EgressPolicy({ preset, allow, deny, self: [{ host: options.statusHost, port: server.port }] }),
     );
     const host = options.statusHost.includes(":") ? `[${options.statusHost}]` : options.statusHost;
@@ -99,18 +125,18 @@ async function runCommand(target: Target, options: CliOptions, log: Logger, onFo
         process.exit(1);
       }
       stoppingSince = Date.now();
-      log.info("stopping", { signal, inFlight: worker.status().inFlight });
+      const inFlight = fleet.served().reduce((n, d) => n + (d.pending ? 0 : d.worker.status().inFlight), 0);
+      log.info("stopping", { signal, inFlight });
       void (async () => {
-        await worker.stop();
+        await fleet.stop();
         await server?.stop();
-        await monitor.end({ timeout: 2 }).catch(() => {});
         resolve(0);
       })();
     };
     process.on("SIGTERM", () => stop("SIGTERM"));
     process.on("SIGINT", () => stop("SIGINT"));
     process.on("SIGHUP", () => {
-      worker.reload().catch((error) => log.error("reload failed", { error: coerceError(error) }));
+      fleet.reload().catch((error) => log.error("reload failed", { error: coerceError(error) }));
     });
   });
 }
@@ -133,15 +159,20 @@ async function main(options: CliOptions, log: Logger): Promise<number> {
   // bad PGNET_* values stop us here, before anything connects
   resolveSettings({ flags: options.settings, env: process.env });
 
-  const { target, close } = openTarget(options, log);
+  const { targets, close } = openTargets(options, log);
   try {
     // also when start-up fails: an embedded PostgreSQL that pgnet started is stopped again
-    if (options.command === "run") return await runCommand(target, options, log, close);
-    await withSql(target, async (sql) => {
-      if (options.command === "install") await installCommand(sql, options, log);
-      else if (options.command === "status") await statusCommand(sql, { json: options.json || !process.stdout.isTTY });
-      else await uninstallCommand(sql, log);
-    });
+    if (options.command === "run") return await runCommand(targets, options, log, close);
+    const labels = databaseLabels(targets);
+    for (const [i, target] of targets.entries()) {
+      if (targets.length > 1 && options.command === "status") console.log(`== ${labels[i]}`);
+      await withSql(target, async (sql) => {
+        if (options.command === "install") await installCommand(sql, options, log);
+        else if (options.command === "status") {
+          await statusCommand(sql, { json: options.json || !process.stdout.isTTY });
+        } else await uninstallCommand(sql, log);
+      });
+    }
     return 0;
   } finally {
     close();

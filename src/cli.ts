@@ -2,7 +2,7 @@
 
 import { readFileSync } from "node:fs";
 import { parseArgs } from "node:util";
-import { type SettingFlag, SETTINGS, type SettingValues } from "./config.ts";
+import { parseDuration, type SettingFlag, SETTINGS, type SettingValues } from "./config.ts";
 import type { EgressPolicyOptions, EgressPreset } from "./egress.ts";
 import { EgressPolicy } from "./egress.ts";
 import { PgnetError } from "./errors.ts";
@@ -24,8 +24,12 @@ const COMMANDS: readonly Command[] = ["run", "install", "uninstall", "status", "
 
 export interface CliOptions {
   command: Command;
-  /** --database: a name or a postgres:// URL */
-  database?: string;
+  /** --database, once or more: names or postgres:// URLs */
+  databases: string[];
+  /** --all-databases: every database of the server that has schema net */
+  allDatabases: boolean;
+  /** how often --all-databases looks for databases gaining or losing schema net */
+  discoveryIntervalMs: number;
   dataDir: string;
   embeddedPort: number;
   settings: SettingValues;
@@ -56,6 +60,8 @@ export interface OptionSpec {
   help: string;
   type: "string" | "boolean";
   short?: string;
+  /** may be given more than once */
+  multiple?: boolean;
 }
 
 /** Every flag: its environment variable, default and help line (--help and the README's table come from here). */
@@ -64,7 +70,22 @@ export const OPTIONS: Readonly<Record<string, OptionSpec>> = {
     type: "string",
     short: "d",
     env: "DATABASE_URL",
-    help: "database name or postgres:// URL (also PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE)",
+    multiple: true,
+    help: "database name or postgres:// URL (also PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE); give it " +
+      "again to serve several databases from one process; a server URL without a database serves the one " +
+      "pg_net.database_name names (postgres by default)",
+  },
+  "all-databases": {
+    type: "boolean",
+    env: "PGNET_ALL_DATABASES",
+    help: "serve every database of the server (--database's, or the embedded one) that has schema net, " +
+      "noticing databases that gain or lose it",
+  },
+  "discovery-interval": {
+    type: "string",
+    env: "PGNET_DISCOVERY_INTERVAL",
+    default: "30s",
+    help: "with --all-databases, how often the server's databases are looked at again",
   },
   "data-dir": {
     type: "string",
@@ -220,7 +241,9 @@ export function parseCli(argv: string[], env: Record<string, string | undefined>
       allowPositionals: true,
       strict: true,
       options: Object.fromEntries(
-        Object.entries(OPTIONS).map(([k, o]) => [k, { type: o.type, ...(o.short ? { short: o.short } : {}) }]),
+        Object.entries(OPTIONS).map((
+          [k, o],
+        ) => [k, { type: o.type, ...(o.short ? { short: o.short } : {}), ...(o.multiple ? { multiple: true } : {}) }]),
       ),
     });
   } catch (error) {
@@ -230,7 +253,7 @@ export function parseCli(argv: string[], env: Record<string, string | undefined>
     throw new PgnetError("INVALID_ARGUMENT", `${text}; see pgnet --help`);
   }
   const { values, positionals } = parsed as {
-    values: Record<string, string | boolean | undefined>;
+    values: Record<string, string | string[] | boolean | undefined>;
     positionals: string[];
   };
   if (positionals.length > 1) {
@@ -313,14 +336,38 @@ export function parseCli(argv: string[], env: Record<string, string | undefined>
       throw invalid(origin("proxy"), "an http://host:port URL", `${shown} (${(error as Error).message})`);
     }
   }
-  const database = typeof values.database === "string" ? values.database : undefined;
+  const databases = Array.isArray(values.database) ? values.database as string[] : [];
+  const allDatabases = values["all-databases"] === true || flag(origin("all-databases"), env.PGNET_ALL_DATABASES);
+  if (allDatabases && databases.length > 1) {
+    throw new PgnetError(
+      "INVALID_ARGUMENT",
+      "--all-databases serves every database of one server: give --database once (a database on that server), or not at all",
+    );
+  }
+  if (allDatabases && command !== "run") {
+    throw new PgnetError(
+      "INVALID_ARGUMENT",
+      `--all-databases is for pgnet run (it serves the databases that have schema net); ${command} takes --database`,
+    );
+  }
+  let discoveryIntervalMs: number;
+  try {
+    discoveryIntervalMs = parseDuration(get("discovery-interval")!, "s");
+  } catch {
+    throw invalid(origin("discovery-interval"), "a duration such as 30s", get("discovery-interval")!);
+  }
+  if (!(discoveryIntervalMs >= 100)) {
+    throw invalid(origin("discovery-interval"), "a duration of 100ms or more", get("discovery-interval")!);
+  }
   const privileges = values.privileges as string | undefined;
   if (privileges !== undefined && !PRIVILEGES.includes(privileges as Privileges)) {
     throw invalid("--privileges", PRIVILEGES.join(" or "), privileges);
   }
   return {
     command,
-    ...(database !== undefined ? { database } : {}),
+    databases,
+    allDatabases,
+    discoveryIntervalMs,
     dataDir: get("data-dir")!,
     embeddedPort: port(origin("embedded-port"), get("embedded-port")!, false)!,
     settings,

@@ -40,6 +40,8 @@ export interface WorkerSettings {
   hostConcurrency: number;
   /** per-host-pattern concurrency and rate limits */
   hostRules: HostRule[];
+  /** the role pgnet's statements run as (SET ROLE): pgnet_worker, or pg_net.username */
+  role: string;
 }
 
 export type SettingKey = keyof WorkerSettings;
@@ -61,7 +63,8 @@ export type SettingFlag =
   | "retry-policy"
   | "dead-letter-ttl"
   | "host-concurrency"
-  | "host-limits";
+  | "host-limits"
+  | "role";
 export type Source = "flag" | "env" | "database" | "default";
 
 interface Spec<K extends SettingKey = SettingKey> {
@@ -349,7 +352,25 @@ export const SETTINGS: readonly Spec[] = [
       'per-host limits, the first matching rule applies: "api.example.com=concurrency:4,rate:20; *.example.org=rate:1"',
     parse: parseHostRules,
   }),
+  {
+    key: "role",
+    flag: "role",
+    env: "PGNET_ROLE",
+    database: "pg_net.username",
+    default: "pgnet_worker",
+    help: "the role pgnet's statements run as (SET ROLE): a member of pgnet_worker, not a superuser",
+    parse: roleName,
+  },
 ];
+
+/** A role name as PostgreSQL takes it: 1 to 63 bytes, no NUL. */
+function roleName(text: string): string {
+  const name = text.trim();
+  if (name === "" || new TextEncoder().encode(name).length > 63 || name.includes("\0")) {
+    throw new RangeError("expected a role name of 1 to 63 bytes");
+  }
+  return name;
+}
 
 /** raw values keyed by flag name, e.g. { "batch-size": "500", ttl: "1 hour" } */
 export type SettingValues = Partial<Record<SettingFlag, string>>;

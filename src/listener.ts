@@ -27,6 +27,8 @@ export class Listener {
   readonly #sql: Sql;
   #listening = false;
   #closed = false;
+  /** a re-subscription is under way: a connection that fails while it tries closes too, and must not start another */
+  #relistening = false;
 
   constructor(options: ListenerOptions) {
     this.#options = options;
@@ -39,7 +41,10 @@ export class Listener {
       onnotify: (channel: string, payload: string) => options.onNotify(channel, payload),
       onclose: () => {
         this.#listening = false;
-        if (!this.#closed) this.#relisten(0);
+        if (!this.#closed && !this.#relistening) {
+          this.#relistening = true;
+          this.#relisten(0);
+        }
       },
     } as ConnectOptions);
   }
@@ -73,6 +78,7 @@ export class Listener {
       if (this.#closed) return;
       try {
         await this.#listen();
+        this.#relistening = false;
         this.#options.onReconnect();
       } catch (error) {
         this.#options.onFail("cannot listen for notifications", error);

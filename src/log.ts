@@ -45,3 +45,10 @@ export function createLogger(options: LoggerOptions): Logger {
   };
   return { debug: log("debug"), info: log("info"), warn: log("warn"), error: log("error") };
 }
+
+/** A logger that adds `fields` to every line (one database's worker says which database it serves). */
+export function withFields(log: Logger, fields: LogFields): Logger {
+  const add = (write: Logger["info"]) => (message: string, extra: LogFields = {}) =>
+    write(message, { ...fields, ...extra });
+  return { debug: add(log.debug), info: add(log.info), warn: add(log.warn), error: add(log.error) };
+}

@@ -50,6 +50,8 @@ export interface Finished {
 }
 
 export interface Failure {
+  /** the database it was queued in */
+  database: string;
   id: string;
   method: string;
   host: string;
@@ -104,17 +106,160 @@ interface HostStats {
   maxMs: number;
 }
 
-export class Metrics {
+/**
+ * The process's Prometheus registry: every series carries a `database` label (the name pgnet serves it under), so
+ * one pgnet serving several databases exposes them side by side. The memory gauges are the process's (the memory
+ * budget is shared) and carry none.
+ */
+export class MetricsRegistry {
   readonly registry = new client.Registry();
-  readonly #finished: client.Counter<"outcome" | "host">;
-  readonly #duration: client.Histogram;
-  readonly #queued: client.Histogram;
-  readonly #retries: client.Counter;
-  readonly #deadLetters: client.Counter;
-  readonly #statements: client.Counter<"kind" | "result">;
-  readonly #statementSeconds: client.Counter<"kind">;
-  readonly #reconnects: client.Counter;
-  #sources: GaugeSources | null = null;
+  readonly finished: client.Counter<"outcome" | "host" | "database">;
+  readonly duration: client.Histogram<"database">;
+  readonly queued: client.Histogram<"database">;
+  readonly retries: client.Counter<"database">;
+  readonly deadLetters: client.Counter<"database">;
+  readonly statements: client.Counter<"kind" | "result" | "database">;
+  readonly statementSeconds: client.Counter<"kind" | "database">;
+  readonly reconnects: client.Counter<"database">;
+  readonly #sources = new Map<string, GaugeSources>();
+
+  constructor() {
+    const registers = [this.registry];
+    new client.Gauge({
+      name: "pgnet_build_info",
+      help: "pgnet's version and the pg_net API it implements; always 1",
+      labelNames: ["version", "pg_net_api"],
+      registers,
+    }).set({ version: VERSION, pg_net_api: PG_NET_API_VERSION }, 1);
+    this.finished = new client.Counter({
+      name: "pgnet_requests_total",
+      help: "attempts that ended, by outcome (success, http_4xx, http_5xx, timeout, connection, denied, invalid) " +
+        "and host (the --host-limits pattern it matched, or other)",
+      labelNames: ["outcome", "host", "database"],
+      registers,
+    });
+    this.duration = new client.Histogram({
+      name: "pgnet_request_duration_seconds",
+      help: "how long an attempt took, from its start to its whole response (or its failure)",
+      buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60],
+      labelNames: ["database"],
+      registers,
+    });
+    this.queued = new client.Histogram({
+      name: "pgnet_enqueue_to_stored_seconds",
+      help: "from the enqueuing transaction's start (enqueued_at) until the response row was stored",
+      buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300],
+      labelNames: ["database"],
+      registers,
+    });
+    this.retries = new client.Counter({
+      name: "pgnet_retries_total",
+      help: "attempts whose outcome put the request back in the queue for another",
+      labelNames: ["database"],
+      registers,
+    });
+    this.deadLetters = new client.Counter({
+      name: "pgnet_dead_letters_total",
+      help: "requests that used up their retries and were kept as dead letters",
+      labelNames: ["database"],
+      registers,
+    });
+    // a count and a sum of seconds per kind (rate(sum) / rate(count) is the mean): a histogram per kind would be
+    // eight histograms for a figure that is nearly always a millisecond or two
+    this.statements = new client.Counter({
+      name: "pgnet_statements_total",
+      help: "pgnet's statements on the queue, by kind (claim, store, reschedule, renew, release, reap, load) and " +
+        "result (ok, error)",
+      labelNames: ["kind", "result", "database"],
+      registers,
+    });
+    this.statementSeconds = new client.Counter({
+      name: "pgnet_statement_seconds_total",
+      help: "time spent in pgnet's statements on the queue, by kind",
+      labelNames: ["kind", "database"],
+      registers,
+    });
+    this.reconnects = new client.Counter({
+      name: "pgnet_reconnects_total",
+      help: "times the worker's LISTEN session reconnected to the database",
+      labelNames: ["database"],
+      registers,
+    });
+    const sources = this.#sources;
+    // a gauge per database, read from each database's sources when /metrics is scraped
+    const perDatabase = (
+      name: string,
+      help: string,
+      read: (s: GaugeSources) => Promise<number | null> | number | null,
+    ) =>
+      new client.Gauge({
+        name,
+        help,
+        labelNames: ["database"],
+        registers,
+        async collect() {
+          this.reset(); // a database no longer served leaves no stale series
+          for (const [database, source] of sources) {
+            const value = await read(source);
+            if (value !== null) this.set({ database }, value);
+          }
+        },
+      });
+    const process = (name: string, help: string, read: (s: ReturnType<GaugeSources["status"]>) => number) =>
+      new client.Gauge({
+        name,
+        help,
+        registers,
+        collect() {
+          const first = sources.values().next().value;
+          this.set(first ? read(first.status()) : 0);
+        },
+      });
+    perDatabase("pgnet_up", "1 while the worker is connected to the database", (s) => s.status().connected ? 1 : 0);
+    perDatabase("pgnet_in_flight_requests", "requests started and not finished", (s) => s.status().inFlight);
+    perDatabase(
+      "pgnet_waiting_for_host_requests",
+      "claimed requests waiting for their host's limits",
+      (s) => s.status().waitingForHost,
+    );
+    perDatabase("pgnet_pending_writes", "results waiting to be written", (s) => s.status().pendingWrites);
+    process("pgnet_memory_used_bytes", "bytes of bodies held", (s) => s.memory.used);
+    process("pgnet_memory_budget_bytes", "--memory-budget", (s) => s.memory.budget);
+    const depth = (s: GaugeSources) => s.queueDepth().catch(() => null);
+    perDatabase(
+      "pgnet_queue_ready_requests",
+      "requests due and not claimed (counted up to 10,000)",
+      async (s) => (await depth(s))?.ready ?? null,
+    );
+    perDatabase(
+      "pgnet_queue_claimed_requests",
+      "requests claimed by some worker",
+      async (s) => (await depth(s))?.claimed ?? null,
+    );
+    perDatabase(
+      "pgnet_queue_oldest_ready_seconds",
+      "how long the oldest due request has waited",
+      async (s) => (await depth(s))?.oldestReadySeconds ?? null,
+    );
+  }
+
+  /** Where a database's gauges read from; null stops its gauges (the database is no longer served). */
+  useSources(database: string, sources: GaugeSources | null): void {
+    if (sources) this.#sources.set(database, sources);
+    else this.#sources.delete(database);
+  }
+
+  /** The exposition text for GET /metrics. */
+  async render(): Promise<{ contentType: string; text: string }> {
+    return { contentType: this.registry.contentType, text: await this.registry.metrics() };
+  }
+}
+
+/** One database's counters (in the shared registry, under its `database` label) and its recent activity. */
+export class Metrics {
+  readonly registry: MetricsRegistry;
+  readonly database: string;
+  readonly #labels: { database: string };
   readonly #now: () => number;
   /** per second: [epoch second, ok, errors] in a ring */
   readonly #series = Array.from({ length: SERIES_SECONDS }, () => ({ t: 0, ok: 0, errors: 0 }));
@@ -123,111 +268,26 @@ export class Metrics {
   #previousHosts = new Map<string, HostStats>();
   #hostsSince: number;
 
-  constructor(options: { now?: () => number } = {}) {
+  constructor(options: { now?: () => number; registry?: MetricsRegistry; database?: string } = {}) {
     this.#now = options.now ?? Date.now;
     this.#hostsSince = this.#now();
-    const registers = [this.registry];
-    new client.Gauge({
-      name: "pgnet_build_info",
-      help: "pgnet's version and the pg_net API it implements; always 1",
-      labelNames: ["version", "pg_net_api"],
-      registers,
-    }).set({ version: VERSION, pg_net_api: PG_NET_API_VERSION }, 1);
-    this.#finished = new client.Counter({
-      name: "pgnet_requests_total",
-      help: "attempts that ended, by outcome (success, http_4xx, http_5xx, timeout, connection, denied, invalid) " +
-        "and host (the --host-limits pattern it matched, or other)",
-      labelNames: ["outcome", "host"],
-      registers,
-    });
-    this.#duration = new client.Histogram({
-      name: "pgnet_request_duration_seconds",
-      help: "how long an attempt took, from its start to its whole response (or its failure)",
-      buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60],
-      registers,
-    });
-    this.#queued = new client.Histogram({
-      name: "pgnet_enqueue_to_stored_seconds",
-      help: "from the enqueuing transaction's start (enqueued_at) until the response row was stored",
-      buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300],
-      registers,
-    });
-    this.#retries = new client.Counter({
-      name: "pgnet_retries_total",
-      help: "attempts whose outcome put the request back in the queue for another",
-      registers,
-    });
-    this.#deadLetters = new client.Counter({
-      name: "pgnet_dead_letters_total",
-      help: "requests that used up their retries and were kept as dead letters",
-      registers,
-    });
-    // a count and a sum of seconds per kind (rate(sum) / rate(count) is the mean): a histogram per kind would be
-    // eight histograms for a figure that is nearly always a millisecond or two
-    this.#statements = new client.Counter({
-      name: "pgnet_statements_total",
-      help: "pgnet's statements on the queue, by kind (claim, store, reschedule, renew, release, reap, load) and " +
-        "result (ok, error)",
-      labelNames: ["kind", "result"],
-      registers,
-    });
-    this.#statementSeconds = new client.Counter({
-      name: "pgnet_statement_seconds_total",
-      help: "time spent in pgnet's statements on the queue, by kind",
-      labelNames: ["kind"],
-      registers,
-    });
-    this.#reconnects = new client.Counter({
-      name: "pgnet_reconnects_total",
-      help: "times the worker's LISTEN session reconnected to the database",
-      registers,
-    });
-    const gauge = (name: string, help: string, read: (g: client.Gauge) => Promise<void> | void) =>
-      new client.Gauge({
-        name,
-        help,
-        registers,
-        collect() {
-          return read(this);
-        },
-      });
-    const status = () => this.#sources?.status();
-    gauge("pgnet_up", "1 while the worker is connected to the database", (g) => g.set(status()?.connected ? 1 : 0));
-    gauge("pgnet_in_flight_requests", "requests started and not finished", (g) => g.set(status()?.inFlight ?? 0));
-    gauge(
-      "pgnet_waiting_for_host_requests",
-      "claimed requests waiting for their host's limits",
-      (g) => g.set(status()?.waitingForHost ?? 0),
-    );
-    gauge("pgnet_pending_writes", "results waiting to be written", (g) => g.set(status()?.pendingWrites ?? 0));
-    gauge("pgnet_memory_used_bytes", "bytes of bodies held", (g) => g.set(status()?.memory.used ?? 0));
-    gauge("pgnet_memory_budget_bytes", "--memory-budget", (g) => g.set(status()?.memory.budget ?? 0));
-    const depth = async () => await this.#sources?.queueDepth().catch(() => null) ?? null;
-    gauge("pgnet_queue_ready_requests", "requests due and not claimed (counted up to 10,000)", async (g) => {
-      const d = await depth();
-      if (d) g.set(d.ready);
-    });
-    gauge("pgnet_queue_claimed_requests", "requests claimed by some worker", async (g) => {
-      const d = await depth();
-      if (d) g.set(d.claimed);
-    });
-    gauge("pgnet_queue_oldest_ready_seconds", "how long the oldest due request has waited", async (g) => {
-      const d = await depth();
-      if (d) g.set(d.oldestReadySeconds);
-    });
+    this.registry = options.registry ?? new MetricsRegistry();
+    this.database = options.database ?? "postgres";
+    this.#labels = { database: this.database };
   }
 
   /** Where the gauges read from (the worker, and the status server's cached queue counts). */
-  useSources(sources: GaugeSources): void {
-    this.#sources = sources;
+  useSources(sources: GaugeSources | null): void {
+    this.registry.useSources(this.database, sources);
   }
 
   /** An attempt ended. */
   finished(event: Finished): void {
     const outcome = outcomeOf(event.row);
-    this.#finished.inc({ outcome, host: event.hostLabel });
-    this.#duration.observe(event.durationMs / 1000);
-    if (event.retried) this.#retries.inc();
+    const r = this.registry;
+    r.finished.inc({ outcome, host: event.hostLabel, ...this.#labels });
+    r.duration.observe(this.#labels, event.durationMs / 1000);
+    if (event.retried) r.retries.inc(this.#labels);
     const ok = outcome === "success";
     const slot = this.#slot();
     if (ok) slot.ok++;
@@ -235,6 +295,7 @@ export class Metrics {
     this.#hostStats(event.host, event.durationMs, ok);
     if (!ok) {
       this.#failures.unshift({
+        database: this.database,
         id: event.id,
         method: event.method,
         host: event.host,
@@ -250,22 +311,22 @@ export class Metrics {
 
   /** A response row was stored, `queuedMs` after its request was enqueued. */
   stored(queuedMs: number, dead: boolean): void {
-    this.#queued.observe(Math.max(0, queuedMs) / 1000);
-    if (dead) this.#deadLetters.inc();
+    this.registry.queued.observe(this.#labels, Math.max(0, queuedMs) / 1000);
+    if (dead) this.registry.deadLetters.inc(this.#labels);
   }
 
   statement(kind: string, seconds: number, ok: boolean): void {
-    this.#statements.inc({ kind, result: ok ? "ok" : "error" });
-    this.#statementSeconds.inc({ kind }, seconds);
+    this.registry.statements.inc({ kind, result: ok ? "ok" : "error", ...this.#labels });
+    this.registry.statementSeconds.inc({ kind, ...this.#labels }, seconds);
   }
 
   reconnected(): void {
-    this.#reconnects.inc();
+    this.registry.reconnects.inc(this.#labels);
   }
 
-  /** The exposition text for GET /metrics. */
-  async render(): Promise<{ contentType: string; text: string }> {
-    return { contentType: this.registry.contentType, text: await this.registry.metrics() };
+  /** The exposition text for GET /metrics: every database's. */
+  render(): Promise<{ contentType: string; text: string }> {
+    return this.registry.render();
   }
 
   activity(): Activity {
@@ -325,6 +386,22 @@ export class Metrics {
     this.#hosts = new Map();
     this.#hostsSince = this.#now();
   }
+}
+
+/** Several databases' activity as one: outcomes added up per second, the newest failures, the slowest hosts. */
+export function mergeActivity(list: Activity[]): Activity {
+  if (list.length === 1) return list[0]!;
+  const series = (list[0]?.series ?? []).map((point, i) => {
+    let ok = 0, errors = 0;
+    for (const a of list) {
+      ok += a.series[i]?.ok ?? 0;
+      errors += a.series[i]?.errors ?? 0;
+    }
+    return { t: point.t, ok, errors };
+  });
+  const failures = list.flatMap((a) => a.failures).sort((a, b) => b.at.localeCompare(a.at)).slice(0, FAILURES_KEPT);
+  const hosts = list.flatMap((a) => a.hosts).sort((a, b) => b.meanMs - a.meanMs).slice(0, HOSTS_SHOWN);
+  return { series, failures, hosts };
 }
 
 /**

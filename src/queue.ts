@@ -450,3 +450,16 @@ export async function readQueueDepth(sql: Sql): Promise<QueueDepth> {
     oldestReadySeconds: row!.oldest ?? 0,
   };
 }
+
+/** The queue's counts at most once a second, however often /metrics and /status ask; a failure is not kept. */
+export function cachedDepth(read: () => Promise<QueueDepth>, now: () => number = Date.now): () => Promise<QueueDepth> {
+  let last: { at: number; depth: Promise<QueueDepth> } | null = null;
+  return () => {
+    if (!last || now() - last.at >= 1000) {
+      const depth = read();
+      depth.catch(() => (last = null));
+      last = { at: now(), depth };
+    }
+    return last.depth;
+  };
+}

@@ -8,27 +8,49 @@ import uplotCss from "uplot/dist/uPlot.min.css" with { type: "text" };
 import uplotJs from "uplot/dist/uPlot.iife.min.js" with { type: "text" };
 import dashboard from "./dashboard.html" with { type: "text" };
 import { coerceError } from "./errors.ts";
-import { Metrics } from "./metrics.ts";
-import type { QueueDepth } from "./queue.ts";
+import { mergeActivity, Metrics } from "./metrics.ts";
+import { cachedDepth, type QueueDepth } from "./queue.ts";
 import type { WorkerStatus } from "./worker.ts";
 import { PG_NET_API_VERSION, VERSION } from "./version.ts";
 
-export interface StatusDeps {
-  worker: {
-    status(): WorkerStatus;
-    reload(): Promise<void>;
-    restart(): Promise<void>;
-  };
+/** A database the status server reports on. */
+export interface StatusDatabase {
+  /** its name in /status and the `database` label */
+  name: string;
+  /** host:port/database, without credentials */
+  where: string;
+  worker: { status(): WorkerStatus };
+  metrics: Metrics;
   /** the queue's cheap counts (throws when the database is unreachable) */
   queueDepth(): Promise<QueueDepth>;
-  /** where the worker connects, without credentials */
-  database: string;
-  /** the worker's counters and recent activity (GET /metrics, the dashboard); empty ones when not given */
-  metrics?: Metrics;
+  /** set while its first connection keeps failing: its worker is not running */
+  pending?: { message: string; since: number } | null;
+}
+
+/** What the status server serves: every database of the process (fleet.ts), or one worker. */
+export type StatusDeps =
+  & Common
+  & ({ databases(): StatusDatabase[]; reload(): Promise<void>; restart(): Promise<void> } | {
+    worker: {
+      status(): WorkerStatus;
+      reload(): Promise<void>;
+      restart(): Promise<void>;
+    };
+    /** the queue's cheap counts (throws when the database is unreachable) */
+    queueDepth(): Promise<QueueDepth>;
+    /** where the worker connects, without credentials */
+    database: string;
+    /** the worker's counters and recent activity (GET /metrics, the dashboard); empty ones when not given */
+    metrics?: Metrics;
+  });
+
+interface Common {
   /** when set, GET /status and the POST routes need `Authorization: Bearer <token>` */
   token?: string;
   /** the address or name the server listens on (--status-host): a Host header naming it is accepted */
   listener?: string;
+  /** the shared window, shown in /status */
+  window?: { capacity: number; used: number };
   now?: () => number;
 }
 
@@ -59,18 +81,13 @@ export function healthWindowMs(pollIntervalMs: number): number {
 export function createStatusApp(deps: StatusDeps): Hono {
   const app = new Hono();
   const now = deps.now ?? Date.now;
-  const metrics = deps.metrics ?? new Metrics();
+  const served = "databases" in deps ? deps : single(deps);
   const expected = deps.token === undefined ? null : digest(`Bearer ${deps.token}`);
-  // compared as digests in constant time: the time taken says nothing about how much of a guess was right
   const authorized = (header: string | undefined) =>
     expected === null || (header !== undefined && timingSafeEqual(digest(header), expected));
 
-  // /health stays open to load balancers, whatever Host they send; the rest needs a Host that cannot be rebound
-  // and, with a token, the token (but for the dashboard's page and its chart library, which hold no data: the page
-  // sends the token from its URL's #fragment, which browsers never send to the server)
   app.use("*", async (c, next) => {
     if (c.req.path === "/health") return await next();
-    // the runtime builds the request's URL from its Host header
     if (!acceptableHost(new URL(c.req.url).host, deps.listener)) {
       return c.json({ ok: false, error: "unknown Host: use the address pgnet listens on" }, 403);
     }
@@ -84,84 +101,102 @@ export function createStatusApp(deps: StatusDeps): Hono {
     c.body(body, 200, {
       "content-type": type,
       "cache-control": "no-cache",
-      // everything the page loads comes from pgnet itself
       "content-security-policy": "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' " +
         "'unsafe-inline'; img-src 'self' data:; frame-ancestors 'none'",
       "x-content-type-options": "nosniff",
     });
-  // Bun's types take an .html import for one of its HTML bundles; with { type: "text" } it is the text, in Deno too
   app.get("/", page(dashboard as unknown as string, "text/html; charset=utf-8"));
   app.get("/assets/uplot.js", page(uplotJs, "text/javascript; charset=utf-8"));
   app.get("/assets/uplot.css", page(uplotCss, "text/css; charset=utf-8"));
 
   app.get("/metrics", async (c) => {
-    const { contentType, text } = await metrics.render();
+    const first = served.databases()[0];
+    const { contentType, text } = await (first?.metrics ?? new Metrics()).render();
     return c.body(text, 200, { "content-type": contentType });
   });
 
-  app.get("/health", (c) => {
-    const s = deps.worker.status();
+  /** Why a database is not healthy, or null. */
+  const unhealthy = (d: StatusDatabase): string | null => {
+    if (d.pending) return `cannot connect: ${d.pending.message}`;
+    const s = d.worker.status();
     const age = now() - s.lastProgressAt;
-    let reason: string | null = null;
-    if (s.state !== "running") reason = `worker is ${s.state}`;
-    else if (!s.connected) reason = "not connected to the database";
-    else if (s.blocked) reason = `blocked for ${Math.round((now() - s.blocked.since) / 1000)} s: ${s.blocked.message}`;
-    else if (age > healthWindowMs(s.settings.pollIntervalMs)) reason = `no progress for ${Math.round(age / 1000)} s`;
-    const body = {
-      ok: reason === null,
-      state: s.state,
-      connected: s.connected,
-      inFlight: s.inFlight,
-      ...(reason ? { reason } : {}),
-    };
-    return c.json(body, reason === null ? 200 : 503);
+    if (s.state !== "running") return `worker is ${s.state}`;
+    if (!s.connected) return "not connected to the database";
+    if (s.blocked) return `blocked for ${Math.round((now() - s.blocked.since) / 1000)} s: ${s.blocked.message}`;
+    if (age > healthWindowMs(s.settings.pollIntervalMs)) return `no progress for ${Math.round(age / 1000)} s`;
+    return null;
+  };
+
+  // healthy while at least one database served is (or none is served yet, with --all-databases): a database that
+  // is down is pgnet's to wait for, and restarting pgnet would not bring it back
+  app.get("/health", (c) => {
+    const list = served.databases();
+    const reasons = list.map(unhealthy);
+    const ok = list.length === 0 || reasons.some((r) => r === null);
+    const body: Record<string, unknown> = { ok };
+    if (list.length === 1 && !list[0]!.pending) {
+      const s = list[0]!.worker.status();
+      Object.assign(body, { state: s.state, connected: s.connected, inFlight: s.inFlight });
+      if (reasons[0]) body.reason = reasons[0];
+    }
+    body.databases = list.map((d, i) => ({
+      name: d.name,
+      ok: reasons[i] === null,
+      ...(reasons[i] ? { reason: reasons[i] } : {}),
+    }));
+    return c.json(body, ok ? 200 : 503);
   });
 
-  // one reading a second at most, however often /status and /metrics are asked
-  let cached: { at: number; depth: Promise<QueueDepth> } | null = null;
-  const queueDepth = () => {
-    if (!cached || now() - cached.at >= 1000) {
-      const depth = deps.queueDepth();
-      depth.catch(() => (cached = null));
-      cached = { at: now(), depth };
-    }
-    return cached.depth;
-  };
-  metrics.useSources({ status: () => deps.worker.status(), queueDepth });
-
   app.get("/status", async (c) => {
-    const s = deps.worker.status();
-    let queue: QueueDepth | null = null;
-    let queueError: string | null = null;
-    try {
-      queue = await queueDepth();
-    } catch (error) {
-      queueError = coerceError(error).message;
-      cached = null;
-    }
+    const list = served.databases();
+    const entries = await Promise.all(list.map((d) => databaseStatus(d)));
+    const running = list.filter((d) => !d.pending).map((d) => d.worker.status());
+    const sum = (key: "inFlight" | "waitingForHost" | "pendingWrites") => running.reduce((n, s) => n + s[key], 0);
+    const counters = running.reduce((total, s) => {
+      for (const [k, v] of Object.entries(s.counters)) total[k] = (total[k] ?? 0) + v;
+      return total;
+    }, {} as Record<string, number>);
+    const queues = entries.map((e) => e.queue).filter((q): q is QueueDepth => q !== null);
+    const queue = queues.length === 0 ? null : {
+      ready: queues.reduce((n, q) => n + q.ready, 0),
+      readyTruncated: queues.some((q) => q.readyTruncated),
+      claimed: queues.reduce((n, q) => n + q.claimed, 0),
+      oldestReadySeconds: Math.max(...queues.map((q) => q.oldestReadySeconds)),
+    };
+    const queueErrors = entries.filter((e) => e.queueError).map((e) => `${e.name}: ${e.queueError}`);
+    const states = new Set(entries.map((e) => e.state));
+    const one = list.length === 1 ? running[0] : undefined;
+    const first = running[0];
+    const lastErrors = running.map((s) => s.lastError).filter((e) => e !== null).sort((a, b) => b.at - a.at);
+    const blocked = running.map((s) => s.blocked).find((b) => b !== null) ?? null;
     return c.json({
       version: VERSION,
       pgNetApiVersion: PG_NET_API_VERSION,
-      database: deps.database,
-      worker: {
-        id: s.workerId,
-        state: s.state,
-        connected: s.connected,
-        lastProgressAt: new Date(s.lastProgressAt).toISOString(),
-      },
+      database: list.length === 1 ? list[0]!.where : `${list.length} databases`,
+      worker: one
+        ? { id: one.workerId, state: one.state, connected: one.connected, lastProgressAt: iso(one.lastProgressAt) }
+        : {
+          state: states.size === 1 ? [...states][0] : states.size === 0 ? "running" : "mixed",
+          connected: entries.every((e) => e.connected),
+        },
       queue,
-      ...(queueError ? { queueError } : {}),
-      inFlight: s.inFlight,
-      waitingForHost: s.waitingForHost,
-      pendingWrites: s.pendingWrites,
-      memory: s.memory,
-      egress: s.egress,
-      blocked: s.blocked ? { message: s.blocked.message, since: new Date(s.blocked.since).toISOString() } : null,
-      counters: s.counters,
-      settings: s.settings,
-      sources: s.sources,
-      lastError: s.lastError ? { message: s.lastError.message, at: new Date(s.lastError.at).toISOString() } : null,
-      activity: metrics.activity(),
+      ...(queueErrors.length > 0
+        ? {
+          queueError: queueErrors.length === 1 && list.length === 1 ? entries[0]!.queueError : queueErrors.join("; "),
+        }
+        : {}),
+      inFlight: sum("inFlight"),
+      waitingForHost: sum("waitingForHost"),
+      pendingWrites: sum("pendingWrites"),
+      memory: first?.memory ?? null,
+      ...(deps.window ? { window: { capacity: deps.window.capacity, used: deps.window.used } } : {}),
+      egress: first?.egress ?? null,
+      blocked: blocked ? { message: blocked.message, since: iso(blocked.since) } : null,
+      counters,
+      ...(one ? { settings: one.settings, sources: one.sources } : {}),
+      lastError: lastErrors[0] ? { message: lastErrors[0].message, at: iso(lastErrors[0].at) } : null,
+      databases: entries,
+      activity: mergeActivity(list.map((d) => d.metrics.activity())),
     });
   });
 
@@ -174,8 +209,13 @@ export function createStatusApp(deps: StatusDeps): Hono {
         return c.json({ ok: false, error: "cross-site requests are refused" }, 403);
       }
       try {
-        await deps.worker[action]();
-        return c.json({ ok: true, settings: deps.worker.status().settings });
+        await served[action]();
+        const list = served.databases().filter((d) => !d.pending);
+        if (list.length === 1) return c.json({ ok: true, settings: list[0]!.worker.status().settings });
+        return c.json({
+          ok: true,
+          databases: list.map((d) => ({ name: d.name, settings: d.worker.status().settings })),
+        });
       } catch (error) {
         return c.json({ ok: false, error: coerceError(error).message }, 500);
       }
@@ -193,4 +233,60 @@ export function createStatusApp(deps: StatusDeps): Hono {
     )
   );
   return app;
+}
+
+const iso = (ms: number) => new Date(ms).toISOString();
+
+/** One worker as the only database served. */
+function single(deps: Extract<StatusDeps, { worker: unknown }>) {
+  const metrics = deps.metrics ?? new Metrics();
+  const database: StatusDatabase = {
+    name: deps.database.slice(deps.database.lastIndexOf("/") + 1),
+    where: deps.database,
+    worker: deps.worker,
+    metrics,
+    queueDepth: cachedDepth(deps.queueDepth),
+  };
+  metrics.useSources({ status: () => deps.worker.status(), queueDepth: database.queueDepth });
+  return { databases: () => [database], reload: () => deps.worker.reload(), restart: () => deps.worker.restart() };
+}
+
+/** One database's part of /status. */
+async function databaseStatus(d: StatusDatabase) {
+  if (d.pending) {
+    return {
+      name: d.name,
+      database: d.where,
+      state: "unreachable",
+      connected: false,
+      error: { message: d.pending.message, since: iso(d.pending.since) },
+      queue: null as QueueDepth | null,
+      queueError: d.pending.message as string | undefined,
+    };
+  }
+  const s = d.worker.status();
+  let queue: QueueDepth | null = null;
+  let queueError: string | undefined;
+  try {
+    queue = await d.queueDepth();
+  } catch (error) {
+    queueError = coerceError(error).message;
+  }
+  return {
+    name: d.name,
+    database: d.where,
+    state: s.state,
+    connected: s.connected,
+    lastProgressAt: iso(s.lastProgressAt),
+    queue,
+    ...(queueError ? { queueError } : {}),
+    inFlight: s.inFlight,
+    waitingForHost: s.waitingForHost,
+    pendingWrites: s.pendingWrites,
+    blocked: s.blocked ? { message: s.blocked.message, since: iso(s.blocked.since) } : null,
+    counters: s.counters,
+    settings: s.settings,
+    sources: s.sources,
+    lastError: s.lastError ? { message: s.lastError.message, at: iso(s.lastError.at) } : null,
+  };
 }

@@ -12,12 +12,13 @@ import { HostLimits, type HostLimitSettings, ruleFor } from "./limits.ts";
 import { CONTROL_CHANNEL, Listener, WAKE_CHANNEL } from "./listener.ts";
 import type { Logger } from "./log.ts";
 import { FailureLog, type Finished, Metrics } from "./metrics.ts";
-import { type Claimed, Queue, type ResponseRow } from "./queue.ts";
+import { type Claimed, Queue, type QueueDepth, readQueueDepth, type ResponseRow } from "./queue.ts";
 import { releaseMemory } from "./runtime.ts";
 import { decide, parseRetryPolicy, type RetryPolicy } from "./retry.ts";
 import { WORKER_ROLE } from "./version.ts";
 import { backoffMs, Timers } from "./timers.ts";
 import { SCHEMA_MISSING, Writer } from "./writer.ts";
+import { RequestWindow, type Share } from "./window.ts";
 
 export interface WorkerOptions {
   target: Target;
@@ -42,6 +43,10 @@ export interface WorkerOptions {
   metrics?: Metrics;
   /** --log-failures: one rate-limited line per failed attempt */
   logFailures?: boolean;
+  /** shared by every worker of the process (one per database); one of its own, of --concurrency, when not given */
+  window?: RequestWindow;
+  /** told after each restart (net.worker_restart(), POST /restart), once the new settings are in force */
+  onRestarted?: () => void;
 }
 
 export type WorkerState = "starting" | "running" | "reconnecting" | "stopping" | "stopped";
@@ -111,8 +116,10 @@ export class Worker {
   #db: Connections | null = null;
   /** requests claimed and not finished: in flight, or waiting for memory or their host's limits */
   #inFlight = new Set<string>();
-  /** requests started (the window's slots in use) */
-  #active = 0;
+  /** this worker's part of the window: the requests it has started, of those the process may have in flight */
+  #share!: Share;
+  /** the window, when it is this worker's alone (no `window` option): sized by its own --concurrency */
+  #ownWindow: RequestWindow | null = null;
   /** the full hosts a claim passed over last and found nothing else: not claimed for again until a new request */
   #fruitlessSkip: string | null = null;
   /** when the next kick for a request waiting out its backoff is set for (Date.now() ms) */
@@ -133,6 +140,8 @@ export class Worker {
   #restartsSeen = { table: 0, id: 0 };
   #restartPending = false;
   #lastRestartAt = 0;
+  /** the failure last logged, while no statement has succeeded since */
+  #failingWith: string | null = null;
 
   constructor(options: WorkerOptions) {
     this.#options = options;
@@ -165,18 +174,42 @@ export class Worker {
     return this.#resolved.settings;
   }
 
-  /** requests in flight at most */
-  get #window(): number {
-    return this.settings.concurrency;
+  /**
+   * Connects, reads settings, starts listening and polling. Rejects if the first connection fails, having
+   * released what it took (the worker is then stopped; make a new one to try again).
+   */
+  async start(): Promise<void> {
+    try {
+      await this.#begin();
+    } catch (error) {
+      this.#share?.leave();
+      const db = this.#db;
+      this.#db = null;
+      await closeConnections(db);
+      this.#state = "stopped";
+      this.#stopping ??= Promise.resolve();
+      throw error;
+    }
   }
 
-  /** Connects, reads settings, starts listening and polling. Rejects if the first connection fails. */
-  async start(): Promise<void> {
+  /** The queue's cheap counts, read through the worker's own pool; rejects while it is not connected. */
+  queueDepth(): Promise<QueueDepth> {
+    if (!this.#db) return Promise.reject(new Error("not connected to the database"));
+    return readQueueDepth(this.#db.sql);
+  }
+
+  /** Memory was given back to a budget shared with other workers: claim again if this one was held back. */
+  wakeForMemory(): void {
+    if (this.#backlog) this.#kick();
+  }
+
+  async #begin(): Promise<void> {
     await this.#loadSettings();
     this.#limits = new HostLimits(this.#hostLimits(), () => this.#kick());
-    this.#budget = this.#options.budget ?? new MemoryBudget(this.settings.memoryBudgetBytes, () => {
-      if (this.#backlog) this.#kick();
-    });
+    const window = this.#options.window ?? (this.#ownWindow = new RequestWindow(this.settings.concurrency));
+    this.#share = window.join(() => this.#kick());
+    this.#budget = this.#options.budget ??
+      new MemoryBudget(this.settings.memoryBudgetBytes, () => this.wakeForMemory());
     this.#db = await this.#connect();
     await this.#checkIdentity(this.#db.sql);
     this.#restartsSeen = await this.#db.queue.lastRestartRequest().catch(() => ({ table: 0, id: 0 }));
@@ -201,6 +234,7 @@ export class Worker {
   async reload(): Promise<void> {
     await this.#loadSettings();
     this.#limits.update(this.#hostLimits());
+    this.#ownWindow?.resize(this.settings.concurrency);
     this.#log.info("settings reloaded", { ...this.settings });
     this.#kick();
   }
@@ -218,12 +252,14 @@ export class Worker {
     this.#log.info("worker restarting");
     await this.#loadSettings();
     this.#limits.update(this.#hostLimits());
+    this.#ownWindow?.resize(this.settings.concurrency);
     if (this.#stopping) return; // shutdown closes the current connections
     const old = this.#db;
     this.#db = await this.#connect();
     this.#kick();
     await closeConnections(old);
     this.#log.info("worker restarted", { ...this.settings });
+    this.#options.onRestarted?.();
   }
 
   /**
@@ -241,8 +277,8 @@ export class Worker {
       workerId: this.id,
       state: this.#state === "running" && !connected ? "reconnecting" : this.#state,
       connected,
-      inFlight: this.#active,
-      waitingForHost: this.#limits.waiting,
+      inFlight: this.#share?.active ?? 0,
+      waitingForHost: this.#limits?.waiting ?? 0,
       pendingWrites: this.#writer.pending,
       counters: { ...this.#counters },
       settings: { ...this.settings },
@@ -304,7 +340,7 @@ export class Worker {
     // names in pgnet's statements are schema-qualified and its parameters cast; the pinned search_path keeps a
     // function or operator someone created in another schema from being picked instead of pg_catalog's
     // and every statement runs as pgnet_worker, whatever role pgnet logged in as (sql/0003_privileges.sql)
-    const session = { search_path: "pg_catalog, pg_temp", role: WORKER_ROLE };
+    const session = { search_path: "pg_catalog, pg_temp", role: this.settings.role };
     const sql = connect(target, {
       max: 4,
       connect_timeout: 10,
@@ -333,6 +369,7 @@ export class Worker {
     });
     try {
       await listener.start();
+      await this.#checkRole(sql);
     } catch (error) {
       await closeConnections({ sql, listener, queue: null as never });
       throw error;
@@ -373,6 +410,33 @@ export class Worker {
       this.restart().catch((error) => this.#fail("restart failed", error));
       this.#db?.queue.pruneRestartRequests().catch(() => {});
     });
+  }
+
+  /**
+   * pg_net.username (or --role) names the role pgnet's statements run as instead of pgnet_worker. Code that the
+   * owner of schema net attaches to its tables runs with that role's privileges, so it must hold pgnet_worker's and
+   * must not be a superuser; anything else stops the worker from connecting, saying why.
+   */
+  async #checkRole(sql: Sql): Promise<void> {
+    const role = this.settings.role;
+    if (role === WORKER_ROLE) return;
+    const [row] = await sql<{ superuser: boolean; member: boolean | null }[]>`
+      select r.rolsuper as superuser,
+             case when pg_catalog.to_regrole(${WORKER_ROLE}) is not null
+                  then pg_catalog.pg_has_role(current_user, ${WORKER_ROLE}, 'USAGE') end as member
+        from pg_catalog.pg_roles r where r.rolname = current_user
+    `;
+    const source = this.#resolved.sources.role === "database" ? "pg_net.username" : "--role";
+    if (row?.superuser) {
+      throw new Error(
+        `${source} names ${role}, a superuser: pgnet's statements never run as one; name a member of ${WORKER_ROLE}`,
+      );
+    }
+    if (row?.member === false) {
+      throw new Error(
+        `${source} names ${role}, which is not a member of ${WORKER_ROLE}: grant ${WORKER_ROLE} to ${role}`,
+      );
+    }
   }
 
   /** Says which role pgnet's statements run as, and warns where the setup weakens the privilege model. */
@@ -427,7 +491,7 @@ export class Worker {
         this.#wanted = false;
         // claim while slots and memory are free and claims come back full (more may be waiting)
         while (!this.#stopping) {
-          const free = this.#window - this.#active;
+          const free = this.#share.room(true);
           const limit = Math.min(free, this.settings.batchSize, this.#budget.roomFor(REQUEST_RESERVE));
           if (limit <= 0) {
             this.#backlog = true; // a finishing request, or memory given back, kicks again
@@ -506,7 +570,7 @@ export class Worker {
         this.#limits.release(host); // not started: shutdown gives it back to the queue
         return;
       }
-      this.#active++;
+      this.#share.take();
       let row: ResponseRow | null = null;
       let hold: Hold | null = null;
       let durationMs = 0;
@@ -528,7 +592,7 @@ export class Worker {
         durationMs = performance.now() - started;
         if (row.status_code !== null) this.#sizes.record(hostKey(request.url), hold.bodyBytes);
       } finally {
-        this.#active--;
+        this.#share.give();
         this.#limits.release(host);
         if (row) {
           const event = { id: request.id, method: request.method, host, row, durationMs, attempt: attempts };
@@ -660,7 +724,7 @@ export class Worker {
     const deadline = Date.now() + timeoutMs;
     await this.#pumping; // a claim under way: what it claims is in flight, finished or given back below
     // requests that have started may finish; those still waiting for their host or memory are given back
-    while (this.#active > 0 && Date.now() < deadline) {
+    while (this.#share.active > 0 && Date.now() < deadline) {
       await new Promise((r) => setTimeout(r, Math.min(20, deadline - Date.now())));
     }
     await this.#restarting?.catch(() => {}); // so no connection it opens outlives the shutdown
@@ -678,6 +742,7 @@ export class Worker {
     }
     this.#db = null;
     await closeConnections(db);
+    this.#share.leave();
     this.#state = "stopped";
     this.#log.info("worker stopped", { lost: this.#writer.lost });
   }
@@ -692,6 +757,7 @@ export class Worker {
 
   #progress(): void {
     this.#lastProgressAt = Date.now();
+    this.#failingWith = null;
     if (this.#blocked) {
       this.#log.info("statements run again", { blockedFor: `${Date.now() - this.#blocked.since}ms` });
       this.#blocked = null;
@@ -711,6 +777,11 @@ export class Worker {
       });
       return;
     }
+    // a database that is down or gone fails the same way at every reconnection attempt and poll: said once,
+    // then at debug level until a statement succeeds again
+    const key = `${code}:${e.message}`;
+    if (key === this.#failingWith) return this.#log.debug(message, { error: e, code, repeated: true });
+    this.#failingWith = key;
     this.#log.error(message, { error: e, code });
   }
 }

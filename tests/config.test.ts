@@ -36,6 +36,7 @@ test("defaults apply when nothing is set", () => {
     deadLetterTtlSeconds: 7 * 86400,
     hostConcurrency: 512, // a quarter of the window
     hostRules: [],
+    role: "pgnet_worker",
   });
   expect(new Set(Object.values(sources))).toEqual(new Set(["default"]));
 });

@@ -74,7 +74,18 @@ async function scrape(worker: Worker, token?: string): Promise<Family[]> {
   );
   expect(response.status).toBe(200);
   expect(response.headers.get("content-type")).toContain("text/plain");
-  return parsePrometheus(await response.text()) as Family[];
+  const text = await response.text();
+  const families = parsePrometheus(text) as Family[];
+  // the parser loses _count and _sum of a histogram whose series have labels (database): read them from the text
+  const sample = (name: string) =>
+    /^(\S+?)(\{[^}]*\})? (\S+)$/m.exec(text.split("\n").filter((l) => l.startsWith(`${name}{`)).join("\n"))?.[3];
+  for (const f of families.filter((f) => f.type === "HISTOGRAM")) {
+    for (const m of f.metrics) {
+      m.count ??= sample(`${f.name}_count`);
+      m.sum ??= sample(`${f.name}_sum`);
+    }
+  }
+  return families;
 }
 
 const family = (families: Family[], name: string) => families.find((f) => f.name === name)!;

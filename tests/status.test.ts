@@ -30,7 +30,13 @@ function app(extra: Partial<StatusDeps> = {}) {
 test("GET /health is 200 while the worker is connected and making progress", async () => {
   const response = await app().request("/health");
   expect(response.status).toBe(200);
-  expect(await response.json()).toEqual({ ok: true, state: "running", connected: true, inFlight: 0 });
+  expect(await response.json()).toEqual({
+    ok: true,
+    state: "running",
+    connected: true,
+    inFlight: 0,
+    databases: [{ name: "test", ok: true }],
+  });
 });
 
 test("GET /health is 503 with the reason when the worker made no progress for three poll intervals", async () => {

@@ -18,6 +18,8 @@ interface Cluster {
 }
 
 let started: Promise<Cluster> | undefined;
+/** a second server, for tests of one pgnet serving databases on two servers */
+let second: Promise<Cluster> | undefined;
 let counter = 0;
 
 async function startCluster(): Promise<Cluster> {
@@ -40,6 +42,8 @@ async function startCluster(): Promise<Cluster> {
     } finally {
       await template.end();
     }
+    // a template: pgnet --all-databases passes over it (and holds no session that would block copying it)
+    await admin.unsafe(`alter database ${TEMPLATE} is_template true`);
   } catch (error) {
     // a schema that does not install (an SQL file in the making) must not leave a server running
     await admin.end({ timeout: 1 });
@@ -66,9 +70,12 @@ export interface TestDatabase {
   drop(): Promise<void>;
 }
 
-/** A fresh database with the SQL API installed. */
-export async function createDatabase(options: { installed?: boolean } = {}): Promise<TestDatabase> {
-  const { pg, admin } = await cluster();
+/** A fresh database with the SQL API installed; `server: "second"` puts it on another PostgreSQL server. */
+export async function createDatabase(
+  options: { installed?: boolean; server?: "first" | "second" } = {},
+): Promise<TestDatabase> {
+  const owner = options.server === "second" ? await (second ??= startCluster()) : await cluster();
+  const { pg, admin } = owner;
   const name = `test_${process.pid}_${++counter}`;
   await admin.unsafe(`create database ${name}${options.installed === false ? "" : ` template ${TEMPLATE}`}`);
   const url = pg.url(name);
@@ -86,7 +93,7 @@ export async function createDatabase(options: { installed?: boolean } = {}): Pro
     },
     async drop() {
       await db.sql.end({ timeout: 1 });
-      await (await cluster()).admin.unsafe(`drop database if exists ${name} with (force)`);
+      await admin.unsafe(`drop database if exists ${name} with (force)`);
     },
   };
   return db;
@@ -98,12 +105,14 @@ export function rawClient(url: string, options: postgres.Options<Record<string, 
 }
 
 export async function stopCluster(): Promise<void> {
-  if (!started) return;
-  const running = await started.catch(() => null); // a cluster that failed to start stopped itself
+  for (const cluster of [started, second]) {
+    const running = await cluster?.catch(() => null); // a cluster that failed to start stopped itself
+    if (!running) continue;
+    const { pg, root, admin } = running;
+    await admin.end({ timeout: 1 });
+    pg.stop("immediate");
+    rmSync(root, { recursive: true, force: true });
+  }
   started = undefined;
-  if (!running) return;
-  const { pg, root, admin } = running;
-  await admin.end({ timeout: 1 });
-  pg.stop("immediate");
-  rmSync(root, { recursive: true, force: true });
+  second = undefined;
 }
