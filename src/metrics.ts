@@ -400,7 +400,20 @@ export function mergeActivity(list: Activity[]): Activity {
     return { t: point.t, ok, errors };
   });
   const failures = list.flatMap((a) => a.failures).sort((a, b) => b.at.localeCompare(a.at)).slice(0, FAILURES_KEPT);
-  const hosts = list.flatMap((a) => a.hosts).sort((a, b) => b.meanMs - a.meanMs).slice(0, HOSTS_SHOWN);
+  // a host that several databases call is one host: its figures are added up (each database's top hosts only)
+  const byHost = new Map<string, HostActivity>();
+  for (const h of list.flatMap((a) => a.hosts)) {
+    const m = byHost.get(h.host);
+    if (!m) byHost.set(h.host, { ...h });
+    else {
+      const requests = m.requests + h.requests;
+      m.meanMs = Math.round(((m.meanMs * m.requests + h.meanMs * h.requests) / requests) * 10) / 10;
+      m.requests = requests;
+      m.errors += h.errors;
+      m.maxMs = Math.max(m.maxMs, h.maxMs);
+    }
+  }
+  const hosts = [...byHost.values()].sort((a, b) => b.meanMs - a.meanMs).slice(0, HOSTS_SHOWN);
   return { series, failures, hosts };
 }
 

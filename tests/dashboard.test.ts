@@ -182,3 +182,41 @@ test("a pgnet with a status token asks for it, and shows its figures once the ad
     await pgnet.stop();
   }
 });
+
+test("serving two databases, the dashboard lists each with its own figures, and the totals add them up", async () => {
+  const second = await createDatabase();
+  const pgnet = start(["--database", second.url]);
+  const page = await browser.newPage({ viewport: { width: 1280, height: 800 } });
+  try {
+    const url = await pgnet.statusUrl();
+    await page.goto(`${url}/`);
+    await shows(page, "connection", /^live/);
+    const before = Number((await text(page, "succeeded")).replaceAll(",", ""));
+    await enqueue(fixture.url("/echo"), 2);
+    await second.sql`select net.http_get(${fixture.url("/echo")}) from generate_series(1, 3)`;
+    await shows(page, "succeeded", String(before + 5));
+    await shows(page, "database", "2 databases");
+    const rows = page.getByTestId("database-row");
+    await waitFor(async () => (await rows.count()) === 2, 10_000, "two database rows");
+    const cells = async (i: number) => await rows.nth(i).locator("td").allTextContents();
+    await waitFor(async () => (await cells(1))[6] === "3", 10_000, "the second database's succeeded");
+    const [first, other] = [await cells(0), await cells(1)];
+    expect([first[0], first[1], other[0], other[1], other[6]]).toEqual([
+      db.name,
+      "running",
+      second.name,
+      "running",
+      "3",
+    ]);
+    expect(Number(first[6])).toBe(before + 2);
+    // both databases call the same host: one row for it, with every request
+    const hosts = page.getByTestId("host");
+    await waitFor(async () => (await hosts.count()) === 1, 10_000, "one host row");
+    expect((await hosts.locator("td").allTextContents())[0]).toBe("127.0.0.1");
+    await page.screenshot({ path: join(ARTIFACTS, "dashboard-two-databases-1280x800.png") });
+  } finally {
+    await page.close();
+    await pgnet.stop();
+    await second.drop();
+  }
+});
