@@ -165,11 +165,12 @@ async function main(options: CliOptions, log: Logger): Promise<number> {
     if (options.command === "run") return await runCommand(targets, options, log, close);
     const labels = databaseLabels(targets);
     for (const [i, target] of targets.entries()) {
-      if (targets.length > 1 && options.command === "status") console.log(`== ${labels[i]}`);
+      const json = options.json || !process.stdout.isTTY;
+      if (targets.length > 1 && options.command === "status" && !json) console.log(`== ${labels[i]}`);
       await withSql(target, async (sql) => {
         if (options.command === "install") await installCommand(sql, options, log);
         else if (options.command === "status") {
-          await statusCommand(sql, { json: options.json || !process.stdout.isTTY });
+          await statusCommand(sql, { json });
         } else await uninstallCommand(sql, log);
       });
     }
