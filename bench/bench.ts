@@ -395,6 +395,43 @@ async function backlog(ctx: Context, n: number): Promise<{ rate: number; rssMb: 
 }
 
 /**
+ * Fairness between databases: one pgnet serves two; `n` requests are queued in the first, and once its drain is under
+ * way 100 are committed in the second. The figure is how long those 100 take, commit to the last stored.
+ */
+async function fairness(ctx: Context, n: number): Promise<number> {
+  const [busy, quiet] = [await benchDatabase(ctx), await benchDatabase(ctx)];
+  try {
+    await busy.sql`
+      insert into net.http_request_queue (method, url, headers, timeout_milliseconds)
+      select 'GET', ${`${ctx.target}/fast`}, '{}', 5000 from generate_series(1, ${n})
+    `;
+    const pgnet = spawn(
+      BUN,
+      [
+        ...["main.ts", "run", "--database", busy.url, "--database", quiet.url],
+        ...["--status-port", "off", "--log-level", "warn"],
+      ],
+      { cwd: ROOT, env: { ...process.env, ...ctx.pgnetEnv }, stdio: "inherit" },
+    );
+    try {
+      const count = async (sql: Sql) => (await sql`select count(*)::int as n from net._http_response`)[0]!.n as number;
+      while ((await count(busy.sql)) < Math.min(1000, n / 10)) await Bun.sleep(5);
+      const started = performance.now();
+      await quiet.sql`select net.http_get(${`${ctx.target}/fast`}) from generate_series(1, 100)`;
+      while ((await count(quiet.sql)) < 100) await Bun.sleep(2);
+      const took = performance.now() - started;
+      if ((await count(busy.sql)) >= n) console.warn("fairness: the backlog was done before the 100; use a larger n");
+      return took;
+    } finally {
+      await stop(pgnet);
+    }
+  } finally {
+    await busy.drop();
+    await quiet.drop();
+  }
+}
+
+/**
  * The ceiling: pgnet's HTTP client alone (no database), from this process, with pgnet's default window; with
  * `policy`, every request goes through the egress policy's resolver, as in the worker.
  */
@@ -451,7 +488,7 @@ async function main(): Promise<void> {
   });
   if (values.help) {
     console.log(
-      `Usage: npm run bench -- [--quick] [--runs N] [--only throughput,enqueue,latency,afteridle,hol,mixed,large,future,backlog,ceiling,idle] [--json] [--database URL]
+      `Usage: npm run bench -- [--quick] [--runs N] [--only throughput,enqueue,latency,afteridle,hol,mixed,large,future,backlog,fairness,ceiling,idle] [--json] [--database URL]
   --quick   small sizes, one run (a smoke test)
   --runs    repetitions of each scenario (default 3; medians with min and max)`,
     );
@@ -460,7 +497,8 @@ async function main(): Promise<void> {
   const quick = values.quick === true;
   const runs = Number(values.runs ?? (quick ? 1 : 3));
   const only = new Set(
-    (values.only ?? "throughput,enqueue,latency,afteridle,hol,mixed,large,future,backlog,ceiling,idle").split(","),
+    (values.only ?? "throughput,enqueue,latency,afteridle,hol,mixed,large,future,backlog,fairness,ceiling,idle")
+      .split(","),
   );
   const window = 2048; // pgnet's default --concurrency
   const pgnetEnv = {};
@@ -571,6 +609,13 @@ async function main(): Promise<void> {
       for (let i = 0; i < runs; i++) drains.push(await backlog(ctx, n));
       report(`backlog ${n} drain (req/s)`, stat(drains.map((b) => Math.round(b.rate))));
       report(`backlog ${n} pgnet peak RSS (MB)`, stat(drains.map((b) => Math.round(b.rssMb))));
+    }
+    if (only.has("fairness")) {
+      const n = quick ? 10_000 : 100_000;
+      report(
+        `fairness: 100 in one database while ${n} drain in another, commit → last stored (ms)`,
+        await repeat(() => fairness(ctx, n)),
+      );
     }
     if (only.has("large")) {
       const runsOf = [];

@@ -31,6 +31,7 @@ test("npm run bench -- --quick --json reports every scenario", () => {
       "latency p50 after 2.5 s idle",
       "latency p50 with",
       "idle statements",
+      "fairness: 100 in one database",
     ]
   ) {
     expect(names.some((n) => n.startsWith(scenario))).toBe(true);
