@@ -305,7 +305,9 @@ export class Fleet {
   }
 
   async #each(action: (worker: Worker) => Promise<void>): Promise<void> {
-    const results = await Promise.allSettled(this.served().map((m) => action(m.worker)));
+    // a database still waiting for its first connection has no worker running: it reads its settings when it starts
+    const running = this.served().filter((m) => !m.pending);
+    const results = await Promise.allSettled(running.map((m) => action(m.worker)));
     const failed = results.find((r) => r.status === "rejected");
     if (failed) throw (failed as PromiseRejectedResult).reason;
   }

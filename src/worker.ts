@@ -339,7 +339,8 @@ export class Worker {
     const { lockTimeoutMs, statementTimeoutMs } = this.settings;
     // names in pgnet's statements are schema-qualified and its parameters cast; the pinned search_path keeps a
     // function or operator someone created in another schema from being picked instead of pg_catalog's
-    // and every statement runs as pgnet_worker, whatever role pgnet logged in as (sql/0003_privileges.sql)
+    // and every statement runs as pgnet_worker (or pg_net.username: #checkRole), whatever role pgnet logged in as
+    // (sql/0003_privileges.sql)
     const session = { search_path: "pg_catalog, pg_temp", role: this.settings.role };
     const sql = connect(target, {
       max: 4,

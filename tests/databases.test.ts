@@ -222,31 +222,51 @@ describe("pg_net's settings", () => {
     }
   });
 
-  test("pg_net.username names the role pgnet's statements run as: a member of pgnet_worker, never a superuser", async () => {
+  test("pg_net.username names the role pgnet's statements run as, read again on restart; never a superuser", async () => {
     const d = await createDatabase();
     const role = `pgnet_runner_${process.pid}`;
-    await d.sql.unsafe(`create role ${role} nologin in role pgnet_worker`);
     const outsider = `pgnet_outsider_${process.pid}`;
+    await d.sql.unsafe(`create role ${role} nologin in role pgnet_worker`);
     await d.sql.unsafe(`create role ${outsider} nologin`);
+    // a trigger on the response table records the role the worker's store ran as
+    await d.sql.unsafe(`
+      create table public.stored_by (role text);
+      grant insert on public.stored_by to public;
+      create function public.record_role() returns trigger language plpgsql as
+        $$ begin insert into public.stored_by values (current_user); return null; end $$;
+      create trigger record_role after insert on net._http_response
+        for each statement execute function public.record_role();
+    `);
+    const roles = async () => (await d.sql`select role from public.stored_by`).map((r) => r.role as string);
+    const get = async () => {
+      const [{ id }] = await d.sql`select net.http_get(${fixture.url("/echo")}) as id` as unknown as [{ id: string }];
+      expect((await responseFor(d.sql, id)).status_code).toBe(200);
+    };
     try {
-      await d.sql.unsafe(`alter database ${d.name} set pg_net.username = '${role}'`);
       const log = memoryLogger();
       const worker = await startWorker(d.url, {}, log);
       try {
-        expect(log.lines.some((l) => l.includes(`statements run as ${role}`))).toBe(true);
+        await get();
+        expect(await roles()).toEqual(["pgnet_worker"]);
+        await d.sql.unsafe(`alter database ${d.name} set pg_net.username = '${role}'`);
+        await worker.restart();
         expect(worker.status().sources.role).toBe("database");
-        const [{ id }] = await d.sql`select net.http_get(${fixture.url("/echo")}) as id` as unknown as [{ id: string }];
-        expect((await responseFor(d.sql, id)).status_code).toBe(200);
+        await get();
+        expect(await roles()).toEqual(["pgnet_worker", role]);
       } finally {
         await worker.stop();
       }
+      const log2 = memoryLogger();
+      const again = await startWorker(d.url, {}, log2);
+      await again.stop();
+      expect(log2.lines.some((l) => l.includes(`statements run as ${role}`))).toBe(true);
       const [{ superuser }] = await d.sql`select current_user as superuser` as unknown as [{ superuser: string }];
       await d.sql.unsafe(`alter database ${d.name} set pg_net.username = '${superuser}'`);
-      expect(startWorker(d.url)).rejects.toThrow(
+      await expect(startWorker(d.url)).rejects.toThrow(
         `pg_net.username names ${superuser}, a superuser: pgnet's statements never run as one`,
       );
       await d.sql.unsafe(`alter database ${d.name} set pg_net.username = '${outsider}'`);
-      expect(startWorker(d.url)).rejects.toThrow(
+      await expect(startWorker(d.url)).rejects.toThrow(
         `pg_net.username names ${outsider}, which is not a member of pgnet_worker: grant pgnet_worker to ${outsider}`,
       );
     } finally {

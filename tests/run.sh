@@ -46,7 +46,7 @@ run_tests "$@"
 # embedded-postgres's packages (package.json's postgresql-NN). Only when no arguments narrow the run.
 if [ $# -eq 0 ] && [ "${PGNET_MATRIX:-on}" != "off" ]; then
   matrix=(tests/sql_api.test.ts tests/worker.test.ts tests/privileges.test.ts tests/request_api.test.ts
-    tests/delivery.test.ts tests/installer.test.ts tests/migration.test.ts)
+    tests/delivery.test.ts tests/installer.test.ts tests/migration.test.ts tests/databases.test.ts)
   for major in 14 15 16 17; do
     dir="$PWD/node_modules/postgresql-$major/native/bin"
     [ -x "$dir/postgres" ] || fail "PostgreSQL $major (npm package postgresql-$major) is missing: run npm ci"
@@ -55,7 +55,8 @@ if [ $# -eq 0 ] && [ "${PGNET_MATRIX:-on}" != "off" ]; then
   done
   # the end-to-end files again with pgnet itself under Deno (deno run main.ts instead of the compiled binary)
   echo "== tests: pgnet under Deno $("$deno" --version | head -1 | cut -d' ' -f2): end-to-end files"
-  PGNET_TEST_RUNTIME=deno run_tests tests/cli.test.ts tests/durability.test.ts tests/robustness.test.ts
+  PGNET_TEST_RUNTIME=deno run_tests tests/cli.test.ts tests/durability.test.ts tests/robustness.test.ts \
+    tests/databases.test.ts
 fi
 echo "$passed passed, $failed failed"
 exit "$status"
