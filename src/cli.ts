@@ -199,8 +199,8 @@ Commands:
   status       print the worker and queue status of the database as JSON
   version      print the version
 
-With no database given anywhere, pgnet starts an embedded PostgreSQL in --data-dir. Give --database again
-for each further database to serve, or --all-databases for every one of a server that has schema net.
+With no database given anywhere, pgnet starts an embedded PostgreSQL in --data-dir. To serve several
+databases, repeat -d (one a database), or use --all-databases (every one of a server that has schema net).
 Durations take units (500ms, 30s, 5min, 6 hours); flags override environment variables, which override
 the database's pg_net.* settings.
 

@@ -197,11 +197,27 @@ describe("fairness", () => {
   }, 60_000);
 });
 
+/**
+ * ALTER SYSTEM SET (or RESET, for null) pg_net.database_name. PostgreSQL 14–16 take ALTER SYSTEM only for a setting
+ * the session knows: SET makes it known first (17 and later need not).
+ */
+async function databaseName(value: string | null): Promise<void> {
+  const session = await a.sql.reserve();
+  try {
+    await session`select set_config('pg_net.database_name', ${value ?? ""}, false)`;
+    if (value === null) await session`alter system reset pg_net.database_name`;
+    else await session.unsafe(`alter system set pg_net.database_name = '${value}'`);
+    await session`reset all`;
+  } finally {
+    session.release();
+  }
+}
+
 describe("pg_net's settings", () => {
   test("pg_net.database_name chooses the database of a server URL, and net.worker_restart() moves to a new one", async () => {
     const server = a.url.replace(/\/[^/?]*(\?|$)/, "/$1");
     expect(server).not.toContain(a.name);
-    await a.sql.unsafe(`alter system set pg_net.database_name = '${a.name}'`);
+    await databaseName(a.name);
     await a.sql`select pg_reload_conf()`;
     const pgnet = new PgnetProcess(["--database", server, "--status-port", "off", "--poll-interval", "200ms"]);
     try {
@@ -209,7 +225,7 @@ describe("pg_net's settings", () => {
       await pgnet.waitForLine(/worker started/);
       const [id] = await enqueue(a, 1);
       expect((await responseFor(a.sql, id!)).status_code).toBe(200);
-      await a.sql.unsafe(`alter system set pg_net.database_name = '${b.name}'`);
+      await databaseName(b.name);
       await a.sql`select net.worker_restart()`; // reloads the configuration too, as pg_net's does
       await pgnet.waitForLine(new RegExp(`no longer serving this database: pg_net.database_name now names ${b.name}`));
       await pgnet.waitForLine(new RegExp(`worker started.*database=${b.name}|database=${b.name}.*worker started`));
@@ -217,7 +233,7 @@ describe("pg_net's settings", () => {
       expect((await responseFor(b.sql, other!)).status_code).toBe(200);
     } finally {
       expect(await pgnet.stop()).toBe(0);
-      await a.sql`alter system reset pg_net.database_name`;
+      await databaseName(null);
       await a.sql`select pg_reload_conf()`;
     }
   });
