@@ -723,7 +723,11 @@ export class Worker {
     this.#state = "stopping";
     this.#timers.clear();
     const deadline = Date.now() + timeoutMs;
-    await this.#pumping; // a claim under way: what it claims is in flight, finished or given back below
+    // a claim under way: what it claims is in flight, finished or given back below. A claim takes milliseconds; one
+    // that has not ended in 5 s is waiting on a database that is gone, and closing the connections below ends it
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    await Promise.race([this.#pumping, new Promise((resolve) => (timer = setTimeout(resolve, 5000)))]);
+    clearTimeout(timer);
     // requests that have started may finish; those still waiting for their host or memory are given back
     while (this.#share.active > 0 && Date.now() < deadline) {
       await new Promise((r) => setTimeout(r, Math.min(20, deadline - Date.now())));
