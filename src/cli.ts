@@ -200,7 +200,7 @@ Commands:
   version      print the version
 
 With no database given anywhere, pgnet starts an embedded PostgreSQL in --data-dir. To serve several
-databases, repeat -d (one a database), or use --all-databases (every one of a server that has schema net).
+databases, give -d once for each, or once with the all-databases flag (every one with schema net).
 Durations take units (500ms, 30s, 5min, 6 hours); flags override environment variables, which override
 the database's pg_net.* settings.
 
