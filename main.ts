@@ -97,6 +97,7 @@ async function runCommand(
       reload: () => fleet.reload(),
       restart: () => fleet.restart(),
       window: fleet.window,
+      registry: fleet.registry,
       ...(options.statusToken ? { token: options.statusToken } : {}),
       listener: options.statusHost,
     });

@@ -8,7 +8,7 @@ import uplotCss from "uplot/dist/uPlot.min.css" with { type: "text" };
 import uplotJs from "uplot/dist/uPlot.iife.min.js" with { type: "text" };
 import dashboard from "./dashboard.html" with { type: "text" };
 import { coerceError } from "./errors.ts";
-import { mergeActivity, Metrics } from "./metrics.ts";
+import { mergeActivity, Metrics, type MetricsRegistry } from "./metrics.ts";
 import { cachedDepth, type QueueDepth } from "./queue.ts";
 import type { WorkerStatus } from "./worker.ts";
 import { PG_NET_API_VERSION, VERSION } from "./version.ts";
@@ -49,6 +49,8 @@ interface Common {
   token?: string;
   /** the address or name the server listens on (--status-host): a Host header naming it is accepted */
   listener?: string;
+  /** every database's series (/metrics), also while none is served (--all-databases); the first's when not given */
+  registry?: MetricsRegistry;
   /** the shared window, shown in /status */
   window?: { capacity: number; used: number };
   now?: () => number;
@@ -111,7 +113,8 @@ export function createStatusApp(deps: StatusDeps): Hono {
 
   app.get("/metrics", async (c) => {
     const first = served.databases()[0];
-    const { contentType, text } = await (first?.metrics ?? new Metrics()).render();
+    const registry = deps.registry ?? first?.metrics.registry ?? new Metrics().registry;
+    const { contentType, text } = await registry.render();
     return c.body(text, 200, { "content-type": contentType });
   });
 
