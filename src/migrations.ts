@@ -7,6 +7,7 @@ import enqueueSpeed from "../sql/0004_enqueue_speed.sql" with { type: "text" };
 import requestApi from "../sql/0005_request_api.sql" with { type: "text" };
 import delivery from "../sql/0006_delivery.sql" with { type: "text" };
 import restartReload from "../sql/0007_restart_reload.sql" with { type: "text" };
+import enqueueCost from "../sql/0008_enqueue_cost.sql" with { type: "text" };
 
 export interface Migration {
   version: number;
@@ -22,6 +23,7 @@ export const MIGRATIONS: readonly Migration[] = [
   { version: 5, name: "0005_request_api", text: requestApi },
   { version: 6, name: "0006_delivery", text: delivery },
   { version: 7, name: "0007_restart_reload", text: restartReload },
+  { version: 8, name: "0008_enqueue_cost", text: enqueueCost },
 ];
 
 export const LATEST_VERSION = MIGRATIONS[MIGRATIONS.length - 1]!.version;

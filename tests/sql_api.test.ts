@@ -205,7 +205,7 @@ describe("URLs", () => {
   });
 
   test("the enqueue's shortcut for plain URLs stores exactly what the full parser returns", async () => {
-    // URLs the shortcut takes (lower-case http(s), plain host, short port, a path, no dot-segment, no fragment)
+    // URLs the shortcut takes (lower-case http(s), plain host, a port, a path, no dot-segment, no fragment)
     // and URLs just outside it, which go through the parser: either way the stored URL is the parser's
     const urls = [
       "http://example.com/",
@@ -223,15 +223,46 @@ describe("URLs", () => {
       "http://[::1]:8080/x",
       "http://exa_mple.com/x",
       "http://example.com/ü",
+      // ports: every one from 1 to 65535 written without leading zeros is taken as it is (sql/0008)
+      "http://localhost:1/x",
+      "http://localhost:18080/x",
+      "https://localhost:65535/x?y",
+      "http://localhost:0/x",
+      "http://localhost:00080/x",
+      "http://localhost:65536/x",
+      "http://localhost:99999/x",
+      "http://localhost:123456/x",
+      "http://localhost:/x",
+      "http://a:1:2/x",
+      "http://:80/x",
+      "http:///x",
+      "http://h/p??",
+      "http://h/a?b=/./c",
+      "http://h//x",
+      "http://h/%",
+      "http://h-.b/x",
     ];
+    const errors: string[] = [];
     for (const url of urls) {
-      const [{ id }] = await db.sql`select net.http_get(${url}) as id` as unknown as [{ id: string }];
-      const [row] = await db.sql`
-        select (select url from net.http_request_queue where id = ${id}) as stored,
-               net._encode_url_with_params_array(${url}, '{}') as parsed
-      `;
-      expect({ url, stored: row!.stored }).toEqual({ url, stored: row!.parsed });
+      // a URL the parser rejects is rejected by the enqueue with the parser's message
+      const parsed = await db.sql`select net._encode_url_with_params_array(${url}, '{}') as v`
+        .then(([row]) => ({ url: row!.v as string }), (e: Error) => ({ error: e.message }));
+      const stored = await db.sql`select net.http_get(${url}) as id`.then(
+        async ([{ id }]) => {
+          const [row] = await db.sql`select url from net.http_request_queue where id = ${id}`;
+          return { url: row!.url as string };
+        },
+        (e: Error) => ({ error: e.message }),
+      );
+      expect({ url, stored }).toEqual({ url, stored: parsed });
+      if ("error" in parsed) errors.push(url);
     }
+    expect(errors).toEqual([
+      "http://localhost:65536/x",
+      "http://localhost:99999/x",
+      "http://localhost:123456/x",
+      "http://:80/x",
+    ]);
     await db.sql`delete from net.http_request_queue`;
   });
 
