@@ -122,7 +122,12 @@ async function benchDatabase(ctx: Context) {
 }
 
 /** A fresh database with schema net, a statement trigger that reports stored ids, and a pgnet process. */
-async function setup(ctx: Context, unlogged = false, prepare?: (sql: Sql) => Promise<unknown>) {
+async function setup(
+  ctx: Context,
+  unlogged = false,
+  prepare?: (sql: Sql) => Promise<unknown>,
+  pgnetArgs: string[] = [],
+) {
   const db = await benchDatabase(ctx);
   const { sql, url } = db;
   if (unlogged) await setUnlogged(sql);
@@ -145,7 +150,7 @@ async function setup(ctx: Context, unlogged = false, prepare?: (sql: Sql) => Pro
   );
   await listener`listen bench_done`;
   await prepare?.(sql);
-  const pgnet = startPgnet(ctx, url);
+  const pgnet = startPgnet(ctx, url, pgnetArgs);
   for (;;) {
     const [up] = await sql`select net._worker_is_up() as up`;
     if (up!.up) break;
@@ -204,10 +209,44 @@ async function throughput(
  * µs per enqueue: `n` calls in one transaction by an ordinary role (row-level security applies), the way a
  * trigger on a busy table pays for them. Nothing is sent (no worker runs).
  */
-async function enqueueCost(ctx: Context, n: number, method: "GET" | "POST", unlogged = false): Promise<number> {
+/**
+ * pg_net 0.20's own enqueue, as far as it is SQL (pg_net-behavior.md API-04): its http_get body in PL/pgSQL over
+ * its table (unlogged, six columns, no index), with the URL taken as it is (pg_net's parser is C) and pg_notify
+ * for its C wake. What pg_net's design costs on this machine in this session, beside pgnet's own figure.
+ */
+const PG_NET_SHAPE = `
+  create schema pgnet_bench_pg_net;
+  create unlogged table pgnet_bench_pg_net.http_request_queue(
+    id bigserial, method net.http_method not null, url text not null, headers jsonb, body bytea,
+    timeout_milliseconds int not null);
+  grant usage on schema pgnet_bench_pg_net to public;
+  grant all on all tables in schema pgnet_bench_pg_net to public;
+  grant all on all sequences in schema pgnet_bench_pg_net to public;
+  create function pgnet_bench_pg_net.http_get(url text, params jsonb default '{}'::jsonb,
+    headers jsonb default '{}'::jsonb, timeout_milliseconds int default 5000) returns bigint language plpgsql as $$
+  declare
+    params_array text[];
+    request_id bigint;
+  begin
+    select coalesce(array_agg(net._urlencode_string(key) || '=' || net._urlencode_string(value)), '{}')
+      into params_array from jsonb_each_text(params);
+    insert into pgnet_bench_pg_net.http_request_queue(method, url, headers, timeout_milliseconds)
+    values ('GET', url, headers, timeout_milliseconds)
+    returning id into request_id;
+    perform pg_notify('pgnet_bench_wake', '');
+    return request_id;
+  end $$;`;
+
+async function enqueueCost(
+  ctx: Context,
+  n: number,
+  method: "GET" | "POST" | "pg_net's GET",
+  unlogged = false,
+): Promise<number> {
   const db = await benchDatabase(ctx);
   try {
     if (unlogged) await setUnlogged(db.sql);
+    if (method === "pg_net's GET") await db.sql.unsafe(PG_NET_SHAPE);
     await db.sql.unsafe(
       `do $$ begin create role pgnet_bench_caller; exception when duplicate_object then null; end $$`,
     );
@@ -219,7 +258,9 @@ async function enqueueCost(ctx: Context, n: number, method: "GET" | "POST", unlo
       const call = (count: number) =>
         method === "GET"
           ? tx`select count(net.http_get(${url})) from generate_series(1, ${count})`
-          : tx`select count(net.http_post(${url}, ${body}::text::jsonb)) from generate_series(1, ${count})`;
+          : method === "POST"
+          ? tx`select count(net.http_post(${url}, ${body}::text::jsonb)) from generate_series(1, ${count})`
+          : tx`select count(pgnet_bench_pg_net.http_get(${url})) from generate_series(1, ${count})`;
       await call(1000); // plans and caches warm
       const started = performance.now();
       await call(n);
@@ -232,26 +273,78 @@ async function enqueueCost(ctx: Context, n: number, method: "GET" | "POST", unlo
 
 type Run = Awaited<ReturnType<typeof setup>>;
 
-/** `n` GETs one at a time (each `idleMs` after the last is stored): commit → stored in ms, sorted. */
-async function oneAtATime(ctx: Context, run: Run, n: number, idleMs = 0): Promise<number[]> {
+/**
+ * `n` GETs one at a time (each `idleMs` after the last is stored): commit → stored in ms, sorted. `probe`, when
+ * given, is read before each idle wait and after each sample, and told the two readings and the sample's time.
+ */
+async function oneAtATime<T>(
+  ctx: Context,
+  run: Run,
+  n: number,
+  idleMs = 0,
+  probe?: { read(): Promise<T>; sample(before: T, after: T, ms: number): void },
+): Promise<number[]> {
   const times: number[] = [];
   for (let i = 0; i < n; i++) {
+    const before = await probe?.read();
     if (idleMs > 0) await Bun.sleep(idleMs);
     const [row] = await run.sql`select net.http_get(${`${ctx.target}/fast`}) as id`;
     const committed = performance.now();
     const id = String(row!.id);
     while (!run.stored.has(id)) await Bun.sleep(0);
     times.push(run.stored.get(id)! - committed);
+    if (probe) probe.sample(before!, await probe.read(), times.at(-1)!);
   }
   return times.sort((a, b) => a - b);
 }
 
-/** Commit → stored for a request committed after `idleMs` without traffic. */
-async function afterIdle(ctx: Context, samples: number, idleMs: number): Promise<{ p50: number; p99: number }> {
-  const run = await setup(ctx);
+/** pgnet's own totals from /metrics: seconds in claim and store statements and in HTTP requests, and counts. */
+async function pgnetTotals(port: number): Promise<Record<string, number>> {
+  const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+  const sum = (pattern: RegExp) =>
+    text.split("\n").filter((l) => pattern.test(l)).reduce((a, l) => a + Number(l.slice(l.lastIndexOf(" "))), 0);
+  return {
+    claimSeconds: sum(/^pgnet_statement_seconds_total\{kind="claim"/),
+    claims: sum(/^pgnet_statements_total\{kind="claim"/),
+    storeSeconds: sum(/^pgnet_statement_seconds_total\{kind="store"/),
+    stores: sum(/^pgnet_statements_total\{kind="store"/),
+    httpSeconds: sum(/^pgnet_request_duration_seconds_sum/),
+  };
+}
+
+/**
+ * Commit → stored for a request committed after `idleMs` without traffic, and where it went, from pgnet's
+ * /metrics around each sample: the claim statement, the HTTP request, the store statement, and the rest (the
+ * NOTIFY reaching pgnet, pgnet's own scheduling, the stored rows' NOTIFY reaching the benchmark). Only samples
+ * with exactly one claim and one store (no poll claim in the idle time) count in the split.
+ */
+async function afterIdle(ctx: Context, samples: number, idleMs: number) {
+  const port = await freePort();
+  const run = await setup(ctx, false, undefined, ["--status-port", String(port)]);
+  const split: Record<"claim" | "http" | "store" | "rest", number[]> = { claim: [], http: [], store: [], rest: [] };
   try {
-    const times = await oneAtATime(ctx, run, samples, idleMs);
-    return { p50: percentile(times, 50), p99: percentile(times, 99) };
+    // the status server may start listening just after the worker reports itself up
+    for (let tries = 0; await pgnetTotals(port).then(() => false, () => tries++ < 100);) await Bun.sleep(50);
+    const times = await oneAtATime(ctx, run, samples, idleMs, {
+      read: () => pgnetTotals(port),
+      sample(before, after, ms) {
+        const d = (k: string) => after[k]! - before[k]!;
+        if (d("claims") !== 1 || d("stores") !== 1) return;
+        const parts = {
+          claim: d("claimSeconds") * 1000,
+          http: d("httpSeconds") * 1000,
+          store: d("storeSeconds") * 1000,
+        };
+        for (const [k, v] of Object.entries(parts)) split[k as keyof typeof parts].push(v);
+        split.rest.push(ms - parts.claim - parts.http - parts.store);
+      },
+    });
+    const median = (xs: number[]) => percentile([...xs].sort((a, b) => a - b), 50);
+    return {
+      p50: percentile(times, 50),
+      p99: percentile(times, 99),
+      split: Object.fromEntries(Object.entries(split).map(([k, xs]) => [k, xs.length ? median(xs) : Number.NaN])),
+    };
   } finally {
     await run.teardown();
   }
@@ -567,14 +660,26 @@ async function main(): Promise<void> {
       // pg_net's tables are unlogged: the same, without the write-ahead log
       report(`enqueue: http_get, unlogged (µs each)`, await repeat(() => enqueueCost(ctx, n, "GET", true)));
       report(`enqueue: http_post 1KB, unlogged (µs each)`, await repeat(() => enqueueCost(ctx, n, "POST", true)));
+      report(
+        `enqueue: pg_net 0.20's http_get SQL and table, its C URL parser left out (µs each)`,
+        await repeat(() => enqueueCost(ctx, n, "pg_net's GET")),
+      );
     }
     if (only.has("afteridle")) {
-      const samples: Record<string, number[]> = { p50: [], p99: [] };
+      const samples: Record<string, number[]> = { p50: [], p99: [], claim: [], http: [], store: [], rest: [] };
       for (let i = 0; i < runs; i++) {
         const l = await afterIdle(ctx, quick ? 3 : 40, 2500);
         for (const k of ["p50", "p99"] as const) samples[k]!.push(Math.round(l[k] * 100) / 100);
+        for (const [k, v] of Object.entries(l.split)) samples[k]!.push(Math.round(v * 100) / 100);
       }
       for (const k of ["p50", "p99"]) report(`latency ${k} after 2.5 s idle (ms)`, stat(samples[k]!));
+      // where a request after idle spends its time, medians per sample: pgnet's statements and the HTTP request
+      // from its own /metrics, the rest being the two NOTIFYs' way and pgnet's scheduling
+      for (const k of ["claim", "http", "store", "rest"]) {
+        // a run whose samples all had a poll claim in their idle time has no split
+        const xs = samples[k]!.filter(Number.isFinite);
+        if (xs.length > 0) report(`after 2.5 s idle, median ${k} (ms)`, stat(xs));
+      }
     }
     if (only.has("latency")) {
       const samples: Record<string, number[]> = { p50: [], p95: [], p99: [] };
