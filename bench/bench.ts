@@ -3,7 +3,7 @@
 // HTTP target in a process of its own, and pgnet as a separate process (so its peak RSS can be read).
 
 import { type ChildProcess, spawn } from "node:child_process";
-import { chmodSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { chmodSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { parseArgs } from "node:util";
@@ -179,6 +179,47 @@ async function waitStored(stored: Map<string, number>, count: number, timeoutMs:
   }
 }
 
+type Cost = "postgresCpuUs" | "walBytes" | "pgnetCpuUs";
+
+/** CPU time of a process in µs (utime + stime, and with `children` those of its children it has waited for). */
+function cpuUs(pid: number, children = false): number {
+  const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ");
+  // after "pid (comm) ": state is field 3, utime 14, stime 15, cutime 16, cstime 17 (proc(5))
+  const ticks = [11, 12, ...(children ? [13, 14] : [])].reduce((a, i) => a + Number(fields[i]), 0);
+  return ticks * (1e6 / 100); // USER_HZ is 100 on Linux
+}
+
+/** Direct children of a process, from /proc. */
+function childrenOf(pid: number): number[] {
+  const found: number[] = [];
+  for (const entry of readdirSync("/proc")) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      if (Number(readFileSync(`/proc/${entry}/stat`, "utf8").split(") ")[1]!.split(" ")[1]) === pid) {
+        found.push(Number(entry));
+      }
+    } catch { /* ended meanwhile */ }
+  }
+  return found;
+}
+
+/**
+ * Running totals for a run: the CPU time of every PostgreSQL server process (the postmaster, its live children,
+ * and the children it has reaped), WAL bytes written since the cluster started, and pgnet's CPU time. CPU times
+ * are read from /proc, so they are left out when the server is not on this machine (--database elsewhere).
+ */
+async function costs(run: Run): Promise<Partial<Record<Cost, number>>> {
+  const [row] = await run.sql<{ pid: number; wal: string }[]>`
+    select pg_backend_pid() as pid, pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::text as wal`;
+  const result: Partial<Record<Cost, number>> = { walBytes: Number(row!.wal) };
+  try {
+    const postmaster = Number(readFileSync(`/proc/${row!.pid}/stat`, "utf8").split(") ")[1]!.split(" ")[1]);
+    result.postgresCpuUs = cpuUs(postmaster, true) + childrenOf(postmaster).reduce((a, c) => a + cpuUs(c), 0);
+    result.pgnetCpuUs = cpuUs(run.pgnet.pid!);
+  } catch { /* not a local server */ }
+  return result;
+}
+
 /**
  * Requests/s from the commit of N requests until the last response row is stored, and the same counted from the
  * start of the statement that enqueued them (the enqueue is paid in the caller's transaction).
@@ -188,10 +229,11 @@ async function throughput(
   n: number,
   method: "GET" | "POST",
   unlogged: boolean,
-): Promise<{ rate: number; withEnqueue: number }> {
+): Promise<{ rate: number; withEnqueue: number } & Partial<Record<Cost, number>>> {
   const run = await setup(ctx, unlogged);
   try {
     const body = JSON.stringify({ data: "x".repeat(1000) });
+    const before = await costs(run);
     const started = performance.now();
     if (method === "GET") await run.sql`select net.http_get(${`${ctx.target}/fast`}) from generate_series(1, ${n})`;
     else {await run
@@ -199,16 +241,16 @@ async function throughput(
     const committed = performance.now();
     await waitStored(run.stored, n, 600_000);
     const last = Math.max(...run.stored.values());
-    return { rate: n / ((last - committed) / 1000), withEnqueue: n / ((last - started) / 1000) };
+    const after = await costs(run);
+    const perRequest = Object.fromEntries(
+      Object.entries(after).map(([k, v]) => [k, (v - before[k as Cost]!) / n]),
+    ) as Partial<Record<Cost, number>>;
+    return { rate: n / ((last - committed) / 1000), withEnqueue: n / ((last - started) / 1000), ...perRequest };
   } finally {
     await run.teardown();
   }
 }
 
-/**
- * µs per enqueue: `n` calls in one transaction by an ordinary role (row-level security applies), the way a
- * trigger on a busy table pays for them. Nothing is sent (no worker runs).
- */
 /**
  * pg_net 0.20's own enqueue, as far as it is SQL (pg_net-behavior.md API-04): its http_get body in PL/pgSQL over
  * its table (unlogged, six columns, no index), with the URL taken as it is (pg_net's parser is C) and pg_notify
@@ -237,6 +279,10 @@ const PG_NET_SHAPE = `
     return request_id;
   end $$;`;
 
+/**
+ * µs per enqueue: `n` calls in one transaction by an ordinary role (row-level security applies), the way a
+ * trigger on a busy table pays for them. Nothing is sent (no worker runs).
+ */
 async function enqueueCost(
   ctx: Context,
   n: number,
@@ -640,11 +686,23 @@ async function main(): Promise<void> {
 
   try {
     const sizes = quick ? [2000] : [10_000, 100_000];
-    const both = async (name: string, fn: () => Promise<{ rate: number; withEnqueue: number }>) => {
+    const costNames: Record<Cost, string> = {
+      postgresCpuUs: "PostgreSQL CPU per request, enqueue to stored (µs)",
+      walBytes: "WAL per request (bytes)",
+      pgnetCpuUs: "pgnet CPU per request (µs)",
+    };
+    const both = async (
+      name: string,
+      fn: ReturnType<typeof throughput> extends Promise<infer R> ? () => Promise<R> : never,
+    ) => {
       const all = [];
       for (let i = 0; i < runs; i++) all.push(await fn());
       report(`${name} (req/s)`, stat(all.map((r) => Math.round(r.rate))));
       report(`${name}, enqueue included (req/s)`, stat(all.map((r) => Math.round(r.withEnqueue))));
+      for (const [key, label] of Object.entries(costNames) as [Cost, string][]) {
+        const xs = all.map((r) => r[key]).filter((x): x is number => x !== undefined);
+        if (xs.length === all.length) report(`${name}: ${label}`, stat(xs.map((x) => Math.round(x * 10) / 10)));
+      }
     };
     if (only.has("throughput")) {
       for (const n of sizes) {
