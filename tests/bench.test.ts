@@ -3,6 +3,9 @@
 
 import { expect, test } from "bun:test";
 import { spawnSync } from "node:child_process";
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import { BEGIN, LAST_RUN, replaceTable, table } from "../bench/readme.ts";
 import { ROOT } from "./helpers/binary.ts";
 
 test("npm run bench -- --quick --json reports every scenario", () => {
@@ -44,3 +47,26 @@ test("npm run bench -- --quick --json reports every scenario", () => {
     else expect({ name, positive: figure > 0 }).toEqual({ name, positive: true });
   }
 }, 240_000);
+
+test("README's benchmark table is the one bench/readme.ts makes from bench/last-run.json", () => {
+  const { heading, results } = JSON.parse(readFileSync(LAST_RUN, "utf8"));
+  const readme = readFileSync(join(ROOT, "README.md"), "utf8");
+  expect(readme).toContain(BEGIN);
+  expect(replaceTable(readme, table(results, heading))).toBe(readme);
+});
+
+test("bench/readme.ts: a row per figure, with pg_net's figure and the goal where they are known", () => {
+  const made = table({
+    "enqueue: http_get, 100000 in one transaction (µs each)": { median: 20.5, min: 20.1, max: 25.9 },
+    "idle statements per 5 s poll": 1,
+    "a | new scenario (ms)": { median: 3, min: 3, max: 3 },
+  }, "scenario");
+  expect(made.split("\n")).toEqual([
+    "| scenario | median | min – max | pg_net 0.20.4 | goal |",
+    "| --- | --- | --- | --- | --- |",
+    "| enqueue: http_get, 100000 in one transaction (µs each) | 20.5 | 20.1 – 25.9 | 11.5 | ≤ 15 |",
+    "| idle statements per 5 s poll | 1 |  |  | ≤ 1 |",
+    "| a \\| new scenario (ms) | 3 |  |  |  |",
+  ]);
+  expect(() => replaceTable("# no markers\n", made)).toThrow("no");
+});
