@@ -248,8 +248,8 @@ describe("URLs", () => {
       const parsed = await db.sql`select net._encode_url_with_params_array(${url}, '{}') as v`
         .then(([row]) => ({ url: row!.v as string }), (e: Error) => ({ error: e.message }));
       const stored = await db.sql`select net.http_get(${url}) as id`.then(
-        async ([{ id }]) => {
-          const [row] = await db.sql`select url from net.http_request_queue where id = ${id}`;
+        async ([queued]) => {
+          const [row] = await db.sql`select url from net.http_request_queue where id = ${queued!.id}`;
           return { url: row!.url as string };
         },
         (e: Error) => ({ error: e.message }),
