@@ -8,7 +8,8 @@
 --   one without them and a few string functions cost 0.6 µs.
 -- - http_get, http_post and http_delete called _enqueue (and http_post _json_request) from PL/pgSQL, one call
 --   frame and one expression setup each; they are plain SQL now and the planner inlines them, so a call is one
---   PL/pgSQL function, and http_post's default headers are decided when the statement is planned.
+--   PL/pgSQL function (_enqueue, unchanged), and http_post's default headers are decided when the statement is
+--   planned.
 -- - What is left is the insert, ~75 % of a call: PostgreSQL sets up an executor for each single-row INSERT,
 --   and that setup grows with the table. pg_net's six columns with a primary key: 7.2 µs; pgnet's queue with
 --   its seventeen columns, the primary key and the two partial indexes of the claim (sql/0002) under row-level
@@ -22,9 +23,10 @@
 -- would return unchanged skips it: lower-case http or https, a host of letters, digits, dots and hyphens, a port
 -- from 1 to 65535 without leading zeros, a path of unreserved, sub-delim, ':', '@', '%' and '/' characters with no
 -- dot-segment ('/.' anywhere sends it to the parser), a query of the same characters and '?' that is not empty,
--- no fragment, no params. The test "the fast path returns what the parser returns" holds the two together.
--- Plain SQL so the planner inlines it into _enqueue; one regular expression without captures or bounded repeats
--- (PostgreSQL's engine runs '{0,3}' and optional groups several times slower) and string functions for the rest.
+-- no fragment, no params. The test "the enqueue's shortcut for plain URLs stores exactly what the full parser
+-- returns" holds the two together. Plain SQL, so the planner inlines it into _enqueue (sql/0004), which stays the
+-- one PL/pgSQL function of a call; one regular expression without captures or bounded repeats (PostgreSQL's
+-- engine runs '{0,3}' and optional groups several times slower) and string functions for the rest.
 create or replace function net._request_url(
   -- the URL as given
   url text,
@@ -46,47 +48,6 @@ as $$
     then url
     else net._encode_url_with_params_array(url, net._params_array(params))
   end
-$$;
-
--- API: Private
--- Validates one request, queues it and wakes the worker at commit. Every public function comes down to this one
--- PL/pgSQL call: they are plain SQL, inlined into the caller's statement.
-create or replace function net._enqueue(
-  -- GET, POST or DELETE
-  method net.http_method,
-  -- the URL, validated and normalised here, with the params appended
-  url text,
-  -- a JSON object of query parameters, or NULL
-  params jsonb,
-  -- request headers as a JSON object, or NULL
-  headers jsonb,
-  -- request body bytes, or NULL
-  body bytea,
-  -- total time allowed for the request; 0 or less means no limit
-  timeout_milliseconds int
-)
-  returns bigint
-  language plpgsql
-  volatile
-as $$
-declare
-  request_id bigint;
-begin
-  -- first, as in pg_net: a bad params object or URL is the error reported
-  url := net._request_url(url, params);
-  if headers is not null and jsonb_typeof(headers) <> 'object' then
-    raise exception 'headers must be a JSON object, got a JSON %', jsonb_typeof(headers)
-      using errcode = '22023',
-            hint = 'Pass headers like ''{"Authorization": "Bearer …"}''::jsonb.';
-  end if;
-
-  insert into net.http_request_queue(method, url, headers, body, timeout_milliseconds)
-  values (method, url, headers, body, timeout_milliseconds)
-  returning id into request_id;
-
-  perform pg_notify('pgnet_wake', '');
-  return request_id;
-end;
 $$;
 
 -- API: Private
