@@ -181,10 +181,15 @@ async function waitStored(stored: Map<string, number>, count: number, timeoutMs:
 
 type Cost = "postgresCpuUs" | "walBytes" | "pgnetCpuUs";
 
+/** The fields of /proc/<pid>/stat after "pid (comm) ": [0] is field 3 of proc(5), state; [1] the parent's pid. */
+function procStat(pid: number | string): string[] {
+  return readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ");
+}
+
 /** CPU time of a process in µs (utime + stime, and with `children` those of its children it has waited for). */
 function cpuUs(pid: number, children = false): number {
-  const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ");
-  // after "pid (comm) ": state is field 3, utime 14, stime 15, cutime 16, cstime 17 (proc(5))
+  const fields = procStat(pid);
+  // utime is field 14, stime 15, cutime 16, cstime 17 (proc(5))
   const ticks = [11, 12, ...(children ? [13, 14] : [])].reduce((a, i) => a + Number(fields[i]), 0);
   return ticks * (1e6 / 100); // USER_HZ is 100 on Linux
 }
@@ -195,9 +200,7 @@ function childrenOf(pid: number): number[] {
   for (const entry of readdirSync("/proc")) {
     if (!/^\d+$/.test(entry)) continue;
     try {
-      if (Number(readFileSync(`/proc/${entry}/stat`, "utf8").split(") ")[1]!.split(" ")[1]) === pid) {
-        found.push(Number(entry));
-      }
+      if (Number(procStat(entry)[1]) === pid) found.push(Number(entry));
     } catch { /* ended meanwhile */ }
   }
   return found;
@@ -213,7 +216,7 @@ async function costs(run: Run): Promise<Partial<Record<Cost, number>>> {
     select pg_backend_pid() as pid, pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::text as wal`;
   const result: Partial<Record<Cost, number>> = { walBytes: Number(row!.wal) };
   try {
-    const postmaster = Number(readFileSync(`/proc/${row!.pid}/stat`, "utf8").split(") ")[1]!.split(" ")[1]);
+    const postmaster = Number(procStat(row!.pid)[1]);
     result.postgresCpuUs = cpuUs(postmaster, true) + childrenOf(postmaster).reduce((a, c) => a + cpuUs(c), 0);
     result.pgnetCpuUs = cpuUs(run.pgnet.pid!);
   } catch { /* not a local server */ }
@@ -693,7 +696,7 @@ async function main(): Promise<void> {
     };
     const both = async (
       name: string,
-      fn: ReturnType<typeof throughput> extends Promise<infer R> ? () => Promise<R> : never,
+      fn: () => ReturnType<typeof throughput>,
     ) => {
       const all = [];
       for (let i = 0; i < runs; i++) all.push(await fn());
