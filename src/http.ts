@@ -316,7 +316,13 @@ async function send(
       method,
       headers: lines as unknown as http.OutgoingHttpHeaders,
     }, resolve);
-    attempt.cancel = (error) => request.destroy(error);
+    attempt.cancel = (error) => {
+      // Deno's node:http (2.9, denoland/deno#36786) resends a request it was told to destroy when it went out on a
+      // reused keep-alive socket: its retry for stale pooled sockets skips a request already marked as retrying.
+      // Without this, a timeout on a pooled connection delivers the request twice and stores the second answer.
+      (request as { _retrying?: boolean })._retrying = true;
+      request.destroy(error);
+    };
     request.on("error", reject);
     request.on("socket", (socket) => {
       const ready = () => {

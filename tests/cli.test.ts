@@ -360,6 +360,38 @@ describe("run", () => {
       await pgnet.stop();
     }
   });
+
+  test("a timeout on a reused keep-alive connection times the request out and sends it once", async () => {
+    // the runtime's node:http must not resend a request pgnet destroyed (Deno did: denoland/deno#36786)
+    const target = await Fixture.start();
+    const pgnet = new PgnetProcess(["--database", db.url, "--status-port", "off", "--log-format", "json"]);
+    try {
+      await pgnet.waitForLine(/"msg":"worker started"/);
+      for (const method of ["GET", "POST"]) {
+        // a quick request first, whose connection then waits in the pool (the timeout below closes it)
+        const [quick] = await db.sql`select net.http_get(${target.url(`/echo?before=${method}`)}) as id`;
+        expect((await responseFor(db.sql, quick!.id)).status_code).toBe(200);
+        const path = `/delay/1500?method=${method}`;
+        const url = target.url(path);
+        const [slow] = method === "GET"
+          ? await db.sql`select net.http_get(${url}, timeout_milliseconds => 300) as id`
+          : await db.sql`select net.http_post(${url}, '{"n": 1}'::jsonb, timeout_milliseconds => 300) as id`;
+        const row = await responseFor(db.sql, slow!.id);
+        expect({ method, timedOut: row.timed_out, status: row.status_code }).toEqual({
+          method,
+          timedOut: true,
+          status: null,
+        });
+        await Bun.sleep(1800); // past the fixture's answer: a request sent again would have arrived by now
+        const pooled = target.requests.find((r) => r.target === `/echo?before=${method}`)!.connection;
+        const deliveries = target.requests.filter((r) => r.target === path).map((r) => r.connection);
+        expect({ method, deliveries }).toEqual({ method, deliveries: [pooled] }); // on the pooled connection, once
+      }
+    } finally {
+      expect(await pgnet.stop()).toBe(0);
+      await target.stop();
+    }
+  });
 });
 
 describe("signals", () => {

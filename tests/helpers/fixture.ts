@@ -16,6 +16,8 @@ export interface Received {
   body: Buffer;
   /** Date.now() when the request had fully arrived */
   at: number;
+  /** which connection it came on: the fixture numbers them 1, 2, … in the order they were accepted */
+  connection: number;
 }
 
 export function header(request: Received, name: string): string[] {
@@ -41,6 +43,7 @@ export class Fixture {
   readonly requests: Received[] = [];
   #server: Server;
   #sockets = new Set<Socket>();
+  #connections = 0;
   #host: string;
   #scheme: "http" | "https";
 
@@ -83,6 +86,7 @@ export class Fixture {
   }
 
   #accept(socket: Socket): void {
+    const connection = ++this.#connections;
     this.#sockets.add(socket);
     socket.on("close", () => this.#sockets.delete(socket));
     socket.on("error", () => {});
@@ -90,7 +94,7 @@ export class Fixture {
     socket.on("data", (data: Buffer) => {
       buffer = Buffer.concat([buffer, data]);
       for (;;) {
-        const parsed = parseRequest(buffer);
+        const parsed = parseRequest(buffer, connection);
         if (!parsed) return;
         buffer = buffer.subarray(parsed.consumed);
         this.requests.push(parsed.request);
@@ -280,7 +284,7 @@ function splitInsideCharacters(body: Buffer, count: number): Buffer[] {
   return pieces;
 }
 
-function parseRequest(buffer: Buffer): { request: Received; consumed: number } | null {
+function parseRequest(buffer: Buffer, connection: number): { request: Received; consumed: number } | null {
   const end = buffer.indexOf("\r\n\r\n");
   if (end === -1) return null;
   const [line = "", ...rest] = buffer.subarray(0, end).toString("latin1").split("\r\n");
@@ -302,6 +306,7 @@ function parseRequest(buffer: Buffer): { request: Received; consumed: number } |
       headers,
       body: buffer.subarray(start, start + length),
       at: Date.now(),
+      connection,
     },
     consumed: start + length,
   };
