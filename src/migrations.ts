@@ -8,6 +8,7 @@ import requestApi from "../sql/0005_request_api.sql" with { type: "text" };
 import delivery from "../sql/0006_delivery.sql" with { type: "text" };
 import restartReload from "../sql/0007_restart_reload.sql" with { type: "text" };
 import enqueueCost from "../sql/0008_enqueue_cost.sql" with { type: "text" };
+import wakeOnce from "../sql/0009_wake_once.sql" with { type: "text" };
 
 export interface Migration {
   version: number;
@@ -24,6 +25,7 @@ export const MIGRATIONS: readonly Migration[] = [
   { version: 6, name: "0006_delivery", text: delivery },
   { version: 7, name: "0007_restart_reload", text: restartReload },
   { version: 8, name: "0008_enqueue_cost", text: enqueueCost },
+  { version: 9, name: "0009_wake_once", text: wakeOnce },
 ];
 
 export const LATEST_VERSION = MIGRATIONS[MIGRATIONS.length - 1]!.version;

@@ -406,6 +406,35 @@ describe("wake", () => {
       await listener.end();
     }
   });
+
+  test("a savepoint rolled back takes its wake with it, and each transaction on a session wakes again", async () => {
+    // the enqueue notifies once a transaction and marks it (sql/0009): the mark must go where the notify goes
+    const seen: string[] = [];
+    const listener = rawClient(db.url, { max: 1, onnotify: (channel: string) => seen.push(channel) } as never);
+    const session = rawClient(db.url, { max: 1 });
+    await listener`listen pgnet_wake`;
+    try {
+      await session.begin(async (tx) => {
+        await tx.savepoint(async (sp) => {
+          await sp`select net.http_get('http://localhost/rolled-back')`;
+          throw new Error("roll back to the savepoint");
+        }).catch(() => {});
+        await tx`select net.http_get('http://localhost/kept')`;
+      });
+      await waitFor(() => seen.length === 1, 5000, "the wake of the kept request");
+      for (const path of ["next", "after"]) {
+        await session`select net.http_get(${`http://localhost/${path}`})`;
+        await waitFor(() => seen.length === (path === "next" ? 2 : 3), 5000, `the wake of /${path}`);
+      }
+      const [{ count }] = await session`select count(*)::int from net.http_request_queue
+                                          where url in ('http://localhost/kept', 'http://localhost/next',
+                                                        'http://localhost/after', 'http://localhost/rolled-back')`;
+      expect(count).toBe(3);
+    } finally {
+      await session.end();
+      await listener.end();
+    }
+  });
 });
 
 describe("collect", () => {
