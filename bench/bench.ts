@@ -489,16 +489,18 @@ async function largeResponses(ctx: Context, n: number): Promise<{ rate: number; 
 }
 
 /**
- * One request at a time, commit → stored, with `n` requests already queued for a year from now: the claim walks
- * only the rows that are due, so the figure should match the plain latency scenario.
+ * One request at a time, commit → stored, with `n` requests waiting for a retry due a year from now: the claim
+ * walks only the rows that are due, so the figure should match the plain latency scenario.
  */
 async function futureQueue(ctx: Context, n: number, samples: number): Promise<{ p50: number; p99: number }> {
   const run = await setup(ctx, false, async (sql) => {
+    // retries waiting out a year's backoff: they are in net._http_claim, not held (sql/0010)
     await sql`
-      insert into net.http_request_queue (method, url, headers, timeout_milliseconds, not_before)
-      select 'GET', ${`${ctx.target}/fast`}, '{}', 5000, now() + interval '1 year' from generate_series(1, ${n})
+      insert into net._http_claim (id, method, url, headers, timeout_milliseconds, enqueued_at, enqueued_by, not_before)
+      select -i, 'GET', ${`${ctx.target}/fast`}, '{}', 5000, now(), current_user, now() + interval '1 year'
+        from generate_series(1, ${n}) i
     `;
-    await sql`vacuum analyze net.http_request_queue`;
+    await sql`vacuum analyze net._http_claim`;
   });
   try {
     const times = await oneAtATime(ctx, run, samples);

@@ -46,13 +46,15 @@ export async function installedVersion(sql: Sql): Promise<number> {
 }
 
 /**
- * Makes the queue and response tables unlogged: pg_net's mode, faster to write, emptied by a crash and not
- * replicated. `ALTER TABLE net.http_request_queue SET LOGGED` and the same for net._http_response undo it.
+ * Makes the queue, claim and response tables unlogged: pg_net's mode, faster to write, emptied by a crash and
+ * not replicated. `ALTER TABLE net.http_request_queue SET LOGGED` and the same for net._http_claim and
+ * net._http_response undo it.
  */
 export async function setUnlogged(sql: Sql): Promise<void> {
   await sql.begin(async (tx) => {
     await tx`select pg_advisory_xact_lock(${LOCK_KEY})`;
     await tx`alter table net.http_request_queue set unlogged`;
+    await tx`alter table net._http_claim set unlogged`;
     await tx`alter table net._http_response set unlogged`;
   });
 }

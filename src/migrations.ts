@@ -9,6 +9,7 @@ import delivery from "../sql/0006_delivery.sql" with { type: "text" };
 import restartReload from "../sql/0007_restart_reload.sql" with { type: "text" };
 import enqueueCost from "../sql/0008_enqueue_cost.sql" with { type: "text" };
 import wakeOnce from "../sql/0009_wake_once.sql" with { type: "text" };
+import claimTable from "../sql/0010_claim_table.sql" with { type: "text" };
 
 export interface Migration {
   version: number;
@@ -26,6 +27,7 @@ export const MIGRATIONS: readonly Migration[] = [
   { version: 7, name: "0007_restart_reload", text: restartReload },
   { version: 8, name: "0008_enqueue_cost", text: enqueueCost },
   { version: 9, name: "0009_wake_once", text: wakeOnce },
+  { version: 10, name: "0010_claim_table", text: claimTable },
 ];
 
 export const LATEST_VERSION = MIGRATIONS[MIGRATIONS.length - 1]!.version;

@@ -5,7 +5,7 @@ import { Buffer } from "node:buffer";
 import type { Sql } from "./db.ts";
 import { urlHost } from "./limits.ts";
 
-/** A request claimed from net.http_request_queue: the one shape the worker and the HTTP layer share. */
+/** A request claimed from the queue (net._http_claim holds it): the one shape the worker and the HTTP layer share. */
 export interface QueuedRequest {
   id: string;
   method: string;
@@ -114,6 +114,10 @@ interface ClaimedRow {
 // A claim reads the URL, headers and body of rows up to this size in the same statement; a larger row is read
 // on its own once the memory budget has room for it (a directly inserted 400 MB body is never read in bulk).
 const CLAIM_INLINE_BYTES = 65_536;
+// A claim moves new requests into net._http_claim, which copies their values (a large body is written anew, not
+// shared): the rows after this many bytes wait for the next claim, so a queue of huge rows inserted directly is
+// moved a few at a time, each claim well inside pgnet's statement timeout.
+const CLAIM_MOVE_BYTES = 64 * 1024 * 1024;
 const READY_COUNT_LIMIT = 10_000;
 /** limits.ts's urlHost() in PostgreSQL's regular expressions: substring() returns the host group */
 export const HOST_PATTERN = "^[A-Za-z][A-Za-z0-9+.-]*://(?:[^/?#@]*@)?(\\[[^]/?#]*\\]|[^:/?#]*)";
@@ -134,7 +138,7 @@ const withoutBody = (key: string, value: unknown) => (key === "body" ? undefined
 
 /**
  * The part of a store statement that keeps requests which used up their retries (rows of `results` with dead
- * set), as they were queued. It reads the queue rows the statement's delete removes: all parts of one statement
+ * set), as they were queued. It reads the claimed rows the statement's delete removes: all parts of one statement
  * see the table as it was before.
  */
 function deadLetters(results: string): string {
@@ -146,7 +150,7 @@ function deadLetters(results: string): string {
                q.retry, q.enqueued_at, q.enqueued_by, q.attempts, r.status_code, r.last_error
           from ${results} r
           join done d on d.id = r.id
-          join net.http_request_queue q on q.id = r.id
+          join net._http_claim q on q.id = r.id
          where r.dead
         on conflict (id) do nothing
       )`;
@@ -185,10 +189,12 @@ export class Queue {
   }
 
   /**
-   * One statement: expire old responses (bounded), claim up to `limit` due requests under a lease, oldest first.
-   * It walks the ready index only (sql/0002): claimed rows and rows due later are not visited. The size of the
-   * headers is taken from their stored size when that is small and measured as JSON text otherwise, so a
-   * compressed huge value cannot pass as small.
+   * One statement: expire old responses (bounded), claim up to `limit` requests under a lease. First those in
+   * net._http_claim that are due (a retry whose backoff is over, a request whose worker died or stopped), by
+   * when they became due; then new ones from the queue, oldest id first, moved into net._http_claim (sql/0010)
+   * in the same statement. It reads the queue's primary key and the claim table's ready index only: claimed rows
+   * and rows due later are not visited. The size of the headers is taken from their stored size when that is
+   * small and measured as JSON text otherwise, so a compressed huge value cannot pass as small.
    */
   async claim(limit: number, settings: ClaimSettings, skipHosts: readonly string[] = []): Promise<ClaimResult> {
     // sums in bigint: three values of up to 1 GB each overflow int4, and a failing claim would stall the queue
@@ -197,9 +203,16 @@ export class Queue {
     // left out of the common statement, which then walks no row it does not claim
     // (a URL with no host to find is host "", as urlHost() says)
     const skipped = skipHosts.join(" ");
-    const skip = skipHosts.length === 0 ? this.#sql`` : this.#sql`
+    const skip = () =>
+      skipHosts.length === 0 ? this.#sql`` : this.#sql`
            and coalesce(lower(substring(url from ${HOST_PATTERN}::text)), '')
                <> all(string_to_array(${skipped}::text, ' '))`;
+    const size = () =>
+      this.#sql`octet_length(url)::bigint
+               + coalesce(case when pg_column_size(headers) > 2048 then octet_length(headers::text)
+                               else pg_column_size(headers) end, 0)
+               + coalesce(octet_length(body), 0)`;
+    const lease = () => this.#sql`now() + make_interval(secs => ${leaseMs / 1000}::float8)`;
     const rows = await this.#sql<ClaimedRow[]>`
       with expired as (
         delete from net._http_response r
@@ -209,37 +222,64 @@ export class Queue {
                  limit ${batchSize}::int) old
          where r.ctid = old.ctid
         returning 1
-      ), claimable as (
-        select id,
-               octet_length(url)::bigint
-               + coalesce(case when pg_column_size(headers) > 2048 then octet_length(headers::text)
-                               else pg_column_size(headers) end, 0)
-               + coalesce(octet_length(body), 0) as bytes
-          from net.http_request_queue
-         where claimed_by is null and coalesce(not_before, enqueued_at) <= now() ${skip}
+      ), due as (
+        select id, ${size()} as bytes
+          from net._http_claim
+         where claimed_by is null and coalesce(not_before, enqueued_at) <= now() ${skip()}
          order by coalesce(not_before, enqueued_at), id
          limit ${limit}::int
            for update skip locked
+      ), candidates as (
+        select id, ${size()} as bytes
+          from net.http_request_queue
+         where true ${skip()}
+         order by id
+         limit greatest(${limit}::int - (select count(*) from due), 0)
+           for update skip locked
+      ), fresh as (
+        -- the move copies each row inside PostgreSQL: at most CLAIM_MOVE_BYTES a claim, and always one row
+        select id, bytes
+          from (select id, bytes, sum(bytes) over (order by id) - bytes as before from candidates) c
+         where before < ${CLAIM_MOVE_BYTES}::bigint
+      ), moved as (
+        -- an id that is claimed already (a direct insert that chose its own id) stays queued until that one is done
+        delete from net.http_request_queue q
+         using fresh f
+         where q.id = f.id and not exists (select from net._http_claim c where c.id = f.id)
+        returning q.*, f.bytes
+      ), kept as (
+        insert into net._http_claim (id, method, url, headers, body, timeout_milliseconds, enqueued_at, enqueued_by,
+                                     header_order, raw_response, retry, attempts, claimed_by, lease_until)
+        select id, method, url, headers, body, timeout_milliseconds, enqueued_at, enqueued_by, header_order,
+               raw_response, retry, 1, ${this.#workerId}::text, ${lease()}
+          from moved
+      ), taken as (
+        update net._http_claim c
+           set claimed_by = ${this.#workerId}::text, lease_until = ${lease()}, attempts = c.attempts + 1
+          from due d
+         where c.id = d.id
+        returning c.id, c.method, c.url, c.headers, c.body, c.timeout_milliseconds, c.enqueued_at, c.header_order,
+                  c.raw_response, c.retry, c.attempts, c.retried, d.bytes
       ), claimed as (
-        update net.http_request_queue q
-           set claimed_by = ${this.#workerId}::text,
-               lease_until = now() + make_interval(secs => ${leaseMs / 1000}::float8),
-               attempts = q.attempts + 1
-          from claimable c
-         where q.id = c.id
-        returning q.id, q.method, q.timeout_milliseconds, q.attempts, c.bytes::text as bytes, q.raw_response,
-                  q.header_order::text as header_order, q.retry, q.retried,
-                  (extract(epoch from now() - q.enqueued_at) * 1000)::float8 as queued_ms,
-                  case when c.bytes > ${CLAIM_INLINE_BYTES}::int
-                       then coalesce(lower(substring(q.url from ${HOST_PATTERN}::text)), '') end as host,
-                  case when c.bytes <= ${CLAIM_INLINE_BYTES}::int then q.url end as url,
-                  case when c.bytes <= ${CLAIM_INLINE_BYTES}::int then q.headers end as headers,
-                  case when c.bytes <= ${CLAIM_INLINE_BYTES}::int then q.body end as body
+        select id, method, url, headers, body, timeout_milliseconds, enqueued_at, header_order, raw_response, retry,
+               attempts, retried, bytes
+          from taken
+        union all
+        select id, method, url, headers, body, timeout_milliseconds, enqueued_at, header_order, raw_response, retry,
+               1, 0, bytes
+          from moved
       )
-      select (select count(*) from expired)::int as expired, c.*,
+      select (select count(*) from expired)::int as expired, c.id, c.method, c.timeout_milliseconds, c.attempts,
+             c.bytes::text as bytes, c.raw_response, c.header_order::text as header_order, c.retry, c.retried,
+             (extract(epoch from now() - c.enqueued_at) * 1000)::float8 as queued_ms,
+             case when c.bytes > ${CLAIM_INLINE_BYTES}::int
+                  then coalesce(lower(substring(c.url from ${HOST_PATTERN}::text)), '') end as host,
+             case when c.bytes <= ${CLAIM_INLINE_BYTES}::int then c.url end as url,
+             case when c.bytes <= ${CLAIM_INLINE_BYTES}::int then c.headers end as headers,
+             case when c.bytes <= ${CLAIM_INLINE_BYTES}::int then c.body end as body,
              -- the ready index again, from now on: when the first request waiting out a backoff is due
              (select extract(epoch from coalesce(not_before, enqueued_at) - now()) * 1000
-                from net.http_request_queue
+                from net._http_claim
                where claimed_by is null and coalesce(not_before, enqueued_at) > now()
                order by coalesce(not_before, enqueued_at), id
                limit 1)::float8 as next_due_ms
@@ -272,7 +312,7 @@ export class Queue {
   /** Reads the URL, headers and body of a request claimed without them; false if it is no longer ours. */
   async load(request: QueuedRequest): Promise<boolean> {
     const [row] = await this.#sql<{ url: string; headers: unknown; body: Uint8Array | null; order: string | null }[]>`
-      select url, headers, body, header_order::text as order from net.http_request_queue
+      select url, headers, body, header_order::text as order from net._http_claim
        where id = ${request.id}::bigint and claimed_by = ${this.#workerId}::text
     `;
     if (!row) return false;
@@ -281,11 +321,11 @@ export class Queue {
   }
 
   /**
-   * One statement removes the queue rows and stores their responses, each owned by the role that enqueued its
-   * request, with the number of attempts it took. A response whose queue row is gone is not stored: the request
+   * One statement removes the claimed rows and stores their responses, each owned by the role that enqueued its
+   * request, with the number of attempts it took. A response whose claimed row is gone is not stored: the request
    * was cancelled, or another worker racing at a lease boundary stored it first (the unique index keeps one
    * response per id either way). Requests that used up their retries are kept as dead letters as well, copied
-   * from the queue rows the same statement deletes (every part of a statement sees the rows as they were).
+   * from the claimed rows the same statement deletes (every part of a statement sees the rows as they were).
    */
   async store(results: readonly ResponseRow[]): Promise<void> {
     await this.#sql`
@@ -295,7 +335,7 @@ export class Queue {
           id bigint, status_code int, content_type text, headers jsonb, content text, timed_out bool, error_msg text,
           last_error text, dead bool)
       ), done as (
-        delete from net.http_request_queue q using results r where q.id = r.id
+        delete from net._http_claim q using results r where q.id = r.id
         returning q.id, q.enqueued_by, q.attempts, q.last_error
       )${results.some((r) => r.dead) ? this.#sql.unsafe(deadLetters("results")) : this.#sql``}
       insert into net._http_response
@@ -333,7 +373,7 @@ export class Queue {
       `with results(id, status_code, content_type, headers, content, timed_out, error_msg, body, last_error, dead) as (
          values ${values.join(", ")}
        ), done as (
-         delete from net.http_request_queue
+         delete from net._http_claim
           where id = any(string_to_array($${params.length}::text, ',')::bigint[])
          returning id, enqueued_by, attempts, last_error
        )${results.some((r) => r.dead) ? deadLetters("results") : ""}
@@ -354,7 +394,7 @@ export class Queue {
    */
   async reschedule(retries: readonly Reschedule[]): Promise<void> {
     await this.#sql`
-      update net.http_request_queue q
+      update net._http_claim q
          set claimed_by = null, lease_until = null, retried = q.retried + 1, last_error = r.failure,
              not_before = now() + make_interval(secs => r.delay_ms / 1000)
         from jsonb_to_recordset(${
@@ -368,7 +408,7 @@ export class Queue {
   /** Extends the lease of requests this worker holds, so long requests are not claimed twice. */
   async renew(ids: readonly string[], leaseMs: number): Promise<void> {
     await this.#sql`
-      update net.http_request_queue
+      update net._http_claim
          set lease_until = now() + make_interval(secs => ${leaseMs / 1000}::float8)
        where id = any(string_to_array(${idList(ids)}::text, ',')::bigint[]) and claimed_by = ${this.#workerId}::text
     `;
@@ -380,7 +420,7 @@ export class Queue {
    */
   async release(ids: readonly string[]): Promise<void> {
     await this.#sql`
-      update net.http_request_queue
+      update net._http_claim
          set claimed_by = null, lease_until = null, attempts = greatest(attempts - 1, 0)
        where id = any(string_to_array(${idList(ids)}::text, ',')::bigint[]) and claimed_by = ${this.#workerId}::text
     `;
@@ -410,7 +450,7 @@ export class Queue {
   async reap(deadLetterTtlSeconds: number, limit: number): Promise<{ reaped: number; expired: number }> {
     const [row] = await this.#sql<{ reaped: number; expired: number }[]>`
       with reaped as (
-        update net.http_request_queue set claimed_by = null, lease_until = null
+        update net._http_claim set claimed_by = null, lease_until = null
          where claimed_by is not null and lease_until < now()
         returning 1
       ), expired as (
@@ -428,19 +468,26 @@ export class Queue {
   }
 }
 
-/** Counts that stay cheap at any queue size: each reads one index, the ready count stops at a limit. */
+/**
+ * Counts that stay cheap at any queue size: each reads one index, the ready count stops at a limit. Ready is the
+ * queue (every row in it is due) and the rows of net._http_claim due again; claimed, the rows held under a lease.
+ */
 export async function readQueueDepth(sql: Sql): Promise<QueueDepth> {
   const [row] = await sql<{ ready: number; claimed: number; oldest: number | null }[]>`
     select (select count(*) from (select from net.http_request_queue
-                                   where claimed_by is null and coalesce(not_before, enqueued_at) <= now()
-                                   order by coalesce(not_before, enqueued_at), id -- the ready index, not a scan
-                                   limit ${READY_COUNT_LIMIT + 1}::int) due)::int as ready,
-           (select count(*) from net.http_request_queue where claimed_by is not null)::int as claimed,
-           (select extract(epoch from now() - coalesce(not_before, enqueued_at))::float8
-              from net.http_request_queue
-             where claimed_by is null and coalesce(not_before, enqueued_at) <= now()
-             order by coalesce(not_before, enqueued_at), id
-             limit 1) as oldest
+                                   order by id -- the primary key, not a scan
+                                   limit ${READY_COUNT_LIMIT + 1}::int) queued)::int
+           + (select count(*) from (select from net._http_claim
+                                     where claimed_by is null and coalesce(not_before, enqueued_at) <= now()
+                                     order by coalesce(not_before, enqueued_at), id -- the ready index
+                                     limit ${READY_COUNT_LIMIT + 1}::int) due)::int as ready,
+           (select count(*) from net._http_claim where claimed_by is not null)::int as claimed,
+           extract(epoch from now() - least(
+             (select enqueued_at from net.http_request_queue order by id limit 1),
+             (select coalesce(not_before, enqueued_at) from net._http_claim
+               where claimed_by is null and coalesce(not_before, enqueued_at) <= now()
+               order by coalesce(not_before, enqueued_at), id
+               limit 1)))::float8 as oldest
   `;
   const ready = Math.min(row!.ready, READY_COUNT_LIMIT);
   return {

@@ -14,7 +14,7 @@ import { binary, cleanEnv, DENO, emptyDir, PgnetProcess, ROOT, runPgnet } from "
 import { Fixture } from "./helpers/fixture.ts";
 import { ProxyFixture } from "./helpers/proxy.ts";
 import { makeCertificates } from "./helpers/tls.ts";
-import { responseFor, waitFor } from "./helpers/worker.ts";
+import { forgetRequests, responseFor, waitFor } from "./helpers/worker.ts";
 
 let db: TestDatabase;
 let fixture: Fixture;
@@ -125,24 +125,25 @@ describe("commands", () => {
     expect(row!.gone).toBe(true);
   });
 
-  test("install --unlogged leaves the queue and response tables unlogged", async () => {
+  test("install --unlogged leaves the queue, claim and response tables unlogged", async () => {
     const persistence = async () =>
       (await db.sql`
         select relname, relpersistence from pg_class
-         where relnamespace = 'net'::regnamespace and relname in ('http_request_queue', '_http_response')
+         where relnamespace = 'net'::regnamespace and relname in ('http_request_queue', '_http_claim', '_http_response')
          order by relname
       `).map((r) => `${r.relname}:${r.relpersistence}`);
     try {
       const result = runPgnet(["install", "--unlogged", "--database", db.url]);
       expect(result.code).toBe(0);
       expect(result.stderr).toContain("queue and response tables are unlogged");
-      expect(await persistence()).toEqual(["_http_response:u", "http_request_queue:u"]);
+      expect(await persistence()).toEqual(["_http_claim:u", "_http_response:u", "http_request_queue:u"]);
     } finally {
       // back to pgnet's default for the tests that follow
       await db.sql`alter table if exists net.http_request_queue set logged`;
+      await db.sql`alter table if exists net._http_claim set logged`;
       await db.sql`alter table if exists net._http_response set logged`;
     }
-    expect(await persistence()).toEqual(["_http_response:p", "http_request_queue:p"]);
+    expect(await persistence()).toEqual(["_http_claim:p", "_http_response:p", "http_request_queue:p"]);
   });
 
   test("--database takes a database name, the rest from PG* variables", () => {
@@ -423,7 +424,7 @@ describe("signals", () => {
     pgnet.signal("SIGTERM");
     expect(await pgnet.exited).toBe(1);
     expect(pgnet.lines.some((l) => l.includes("second signal: exiting now"))).toBe(true);
-    await db.sql`delete from net.http_request_queue`;
+    await forgetRequests(db.sql);
   });
 });
 

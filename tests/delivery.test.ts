@@ -9,7 +9,7 @@ import { HOST_PATTERN } from "../src/queue.ts";
 import { cleanEnv, PgnetProcess } from "./helpers/binary.ts";
 import { createDatabase, type TestDatabase } from "./helpers/cluster.ts";
 import { Fixture, header, type Received } from "./helpers/fixture.ts";
-import { responseFor, startWorker, waitFor } from "./helpers/worker.ts";
+import { forgetRequests, responseFor, startWorker, unanswered, waitFor } from "./helpers/worker.ts";
 
 let db: TestDatabase;
 let fixture: Fixture;
@@ -69,7 +69,7 @@ async function allStored(ids: string[], timeoutMs: number, what: string): Promis
 async function queued(id: string) {
   const [row] = await db.sql`
     select attempts, retried, last_error, claimed_by, not_before > now() as waiting
-      from net.http_request_queue where id = ${id}
+      from net._http_claim where id = ${id}
   `;
   return row;
 }
@@ -376,7 +376,7 @@ describe("per-host limits", () => {
     } finally {
       await worker.stop({ timeout: 100 });
     }
-    await db.sql`delete from net.http_request_queue`;
+    await forgetRequests(db.sql);
   });
 
   test("fairness: a 10 s host whose requests were queued first and outnumber the window does not delay a fast host", async () => {
@@ -395,16 +395,12 @@ describe("per-host limits", () => {
       expect(Date.now() - started).toBeLessThan(5000);
       // the slow host got its quarter of the window, no more, and the rest of its requests stayed queued
       expect(fixture.received("/delay/10000")).toHaveLength(5);
-      const [waiting] = await db.sql`
-        select count(*)::int as n from net.http_request_queue where id = any(${
-        slow!.ids
-      }::bigint[]) and claimed_by is null
-      `;
-      expect(waiting!.n).toBeGreaterThan(100);
+      const waiting = await unanswered(db.sql, slow!.ids);
+      expect(waiting.n - waiting.held).toBeGreaterThan(100);
     } finally {
       await worker.stop({ timeout: 100 });
     }
-    await db.sql`delete from net.http_request_queue`;
+    await forgetRequests(db.sql);
   });
 
   test("a rate limit of 20/s over 100 requests takes about 5 s and never exceeds 20 in any second", async () => {

@@ -8,7 +8,7 @@ import { install, uninstall } from "../src/installer.ts";
 import { cleanEnv, PgnetProcess } from "./helpers/binary.ts";
 import { createDatabase, type TestDatabase } from "./helpers/cluster.ts";
 import { Fixture, header, type Received } from "./helpers/fixture.ts";
-import { memoryLogger, responseFor, startWorker, waitFor } from "./helpers/worker.ts";
+import { memoryLogger, responseFor, startWorker, unanswered, waitFor } from "./helpers/worker.ts";
 
 let db: TestDatabase;
 let fixture: Fixture;
@@ -47,8 +47,7 @@ async function drained(ids: string[], timeoutMs = 60_000): Promise<void> {
     timeoutMs,
     `${ids.length} responses`,
   );
-  const [left] = await db.sql`select count(*)::int as n from net.http_request_queue where id = any(${ids}::bigint[])`;
-  expect(left!.n).toBe(0);
+  expect((await unanswered(db.sql, ids)).n).toBe(0);
 }
 
 /** How many times the fixture received each request id, among `requests`. */
@@ -90,8 +89,7 @@ test(
     expect(counts.size).toBe(1200);
     expect([...counts.values()].every((n) => n <= 2)).toBe(true);
     expect(new Set(twice)).toEqual(inFlight); // sent twice: exactly the ones in flight at the kill
-    const [attempts] = await db.sql`select count(*)::int as n from net.http_request_queue`;
-    expect(attempts!.n).toBe(0);
+    expect((await unanswered(db.sql)).n).toBe(0);
   },
   90_000,
 );
@@ -169,9 +167,9 @@ test("SIGTERM under load loses nothing: unfinished requests go back to the queue
   await waitFor(() => fixture.received(path).length >= 300, 20_000, "the load to be under way");
   first.signal("SIGTERM");
   expect(await first.exited).toBe(0);
-  const [left] = await db.sql`select count(*)::int as n, count(claimed_by)::int as claimed from net.http_request_queue`;
-  expect(left!.n).toBeGreaterThan(0);
-  expect(left!.claimed).toBe(0); // given back, not waiting for a lease to run out
+  const left = await unanswered(db.sql);
+  expect(left.n).toBeGreaterThan(0);
+  expect(left.held).toBe(0); // given back, not waiting for a lease to run out
   const second = pgnet();
   try {
     await drained(ids);
@@ -212,7 +210,7 @@ test("two workers racing at a lease boundary both deliver; the second stores fir
     const [{ id }] = await db.sql`select net.http_get(${fixture.url(path)}) as id` as unknown as [{ id: string }];
     await waitFor(() => deliveries(fixture.received(path)).get(id) === 1, 5000, "A to send it");
     // A's lease runs out mid-request, as when its renewals cannot reach the database
-    await db.sql`update net.http_request_queue set lease_until = now() - interval '1 second' where id = ${id}`;
+    await db.sql`update net._http_claim set lease_until = now() - interval '1 second' where id = ${id}`;
     const c = await startWorker(db.url, { "poll-interval": "100ms" });
     try {
       // C's delivery is answered at once and stored while A's is still waiting for its answer
@@ -225,8 +223,7 @@ test("two workers racing at a lease boundary both deliver; the second stores fir
       expect(c.status().counters.succeeded).toBe(1);
       const rows = await db.sql`select content from net._http_response where id = ${id}`;
       expect(rows.map((r) => r.content)).toEqual(["later"]);
-      const [queued] = await db.sql`select count(*)::int as n from net.http_request_queue where id = ${id}`;
-      expect(queued!.n).toBe(0);
+      expect((await unanswered(db.sql, [id])).n).toBe(0);
     } finally {
       await c.stop({ timeout: 1000 });
     }

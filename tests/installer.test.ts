@@ -95,16 +95,16 @@ test("a schema net that pgnet did not create is neither installed over nor dropp
   }
 });
 
-test("--unlogged makes the queue and response tables unlogged", async () => {
+test("--unlogged makes the queue, claim and response tables unlogged", async () => {
   await install(db.sql);
   const persistence = async () =>
     (await db.sql`
     select relname, relpersistence from pg_class
-     where relname in ('http_request_queue', '_http_response') and relnamespace = 'net'::regnamespace order by relname
+     where relname in ('http_request_queue', '_http_claim', '_http_response') and relnamespace = 'net'::regnamespace order by relname
   `).map((r) => `${r.relname}:${r.relpersistence}`);
-  expect(await persistence()).toEqual(["_http_response:p", "http_request_queue:p"]);
+  expect(await persistence()).toEqual(["_http_claim:p", "_http_response:p", "http_request_queue:p"]);
   await setUnlogged(db.sql);
-  expect(await persistence()).toEqual(["_http_response:u", "http_request_queue:u"]);
+  expect(await persistence()).toEqual(["_http_claim:u", "_http_response:u", "http_request_queue:u"]);
   await uninstall(db.sql);
 });
 

@@ -10,7 +10,7 @@ import { ROOT } from "./helpers/binary.ts";
 import { createDatabase, type TestDatabase } from "./helpers/cluster.ts";
 import { fakePgNet, PG_NET_OBJECTS } from "./helpers/extension.ts";
 import { Fixture, header } from "./helpers/fixture.ts";
-import { responseFor, startWorker } from "./helpers/worker.ts";
+import { responseFor, startWorker, waitFor } from "./helpers/worker.ts";
 
 let db: TestDatabase;
 let fixture: Fixture;
@@ -36,6 +36,7 @@ test("README's SQL moves pg_net's queue and responses to pgnet and back, ids and
   const blocks = readmeBlocks();
   expect(blocks).toHaveLength(4);
   const extension = await fakePgNet(db.sql, PG_NET_OBJECTS);
+  let waiting = "";
   try {
     // pg_net's state: a response from earlier, and two requests its worker has not sent yet
     await extension.create(db.sql);
@@ -68,11 +69,25 @@ test("README's SQL moves pg_net's queue and responses to pgnet and back, ids and
       const [next] = await db.sql`select net.http_get(${fixture.url("/echo")})::text as id`;
       expect(Number(next!.id)).toBe(Number(ids[1]) + 1);
       await responseFor(db.sql, next!.id);
+      // one answered 503 with Retry-After: an hour: it waits in net._http_claim, not in the queue
+      const [retry] = await db.sql`
+        select net.http_request(${
+        fixture.url("/flaky/5?retry_after=3600")
+      }, 'GET', retry => '{"max_attempts": 3}')::text
+          as id
+      `;
+      waiting = retry!.id;
+      await waitFor(
+        async () => (await db.sql`select 1 from net._http_claim where id = ${waiting} and not_before > now()`).length,
+        10_000,
+        "the retry to wait",
+      );
     } finally {
       await worker.stop();
     }
 
-    // and back: one GET still queued goes along; a PUT, which pg_net cannot send, stays behind
+    // and back: one GET still queued goes along, and so does the one waiting for a retry; a PUT, which pg_net cannot
+    // send, stays behind
     const [get] = await db.sql`select net.http_get(${fixture.url("/echo?back=1")})::text as id`;
     await db.sql`select net.http_put(${fixture.url("/echo")}, '{}')`;
     await db.sql.unsafe(blocks[2]!);
@@ -80,7 +95,10 @@ test("README's SQL moves pg_net's queue and responses to pgnet and back, ids and
     await extension.create(db.sql);
     await db.sql.unsafe(blocks[3]!);
     const back = await db.sql`select id::text, method::text, url from net.http_request_queue order by id`;
-    expect([...back]).toEqual([{ id: get!.id, method: "GET", url: fixture.url("/echo?back=1") }]);
+    expect([...back]).toEqual([
+      { id: waiting, method: "GET", url: fixture.url("/flaky/5?retry_after=3600") },
+      { id: get!.id, method: "GET", url: fixture.url("/echo?back=1") },
+    ]);
     const responses = await db.sql`select id::int, content from net._http_response order by id`;
     expect(responses.map((r) => r.id)).toEqual([1, ...ids.map(Number), Number(ids[1]) + 1]);
     expect(responses[0]!.content).toBe("earlier");

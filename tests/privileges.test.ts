@@ -103,6 +103,13 @@ describe("attacks by an ordinary role", () => {
       restarted = true;
       await deliveredOnce(id);
       expect(await mallory`select * from net._http_response where id = ${id}::bigint`).toHaveLength(0);
+      // in flight, the request is in net._http_claim: as hidden there
+      const slow = await enqueue(alice, "/delay/1500");
+      await waitFor(() => deliveries(slow).length === 1, 5000, "alice's slow request to be in flight");
+      expect(await mallory`select * from net._http_claim`).toHaveLength(0);
+      const [held] = await alice`select headers from net._http_claim where id = ${slow}::bigint`;
+      expect(held!.headers).toEqual({ Authorization: "Bearer secret" });
+      expect((await responseFor(db.sql, slow)).status_code).toBe(200);
       const [collected] = await mallory`select status, message from net._http_collect_response(${id}::bigint)`;
       expect(collected).toEqual({ status: "ERROR", message: "request matching request_id not found" });
     } finally {
@@ -116,10 +123,13 @@ describe("attacks by an ordinary role", () => {
     try {
       const attempts = [
         mallory`update net.http_request_queue set url = 'http://127.0.0.1:1/mine'`,
-        mallory`update net.http_request_queue set lease_until = now() + interval '1 year', claimed_by = 'x'`,
-        mallory`update net.http_request_queue set not_before = now() + interval '1 year'`,
+        mallory`update net._http_claim set lease_until = now() + interval '1 year', claimed_by = 'x'`,
+        mallory`update net._http_claim set not_before = now() + interval '1 year'`,
+        mallory`update net._http_claim set url = 'http://127.0.0.1:1/mine'`,
         mallory`delete from net.http_request_queue`,
+        mallory`delete from net._http_claim`,
         mallory`select id from net.http_request_queue for key share`,
+        mallory`select id from net._http_claim for key share`,
       ];
       for (const attempt of attempts) await expect(attempt).rejects.toThrow(denied);
       const [cancelled] = await mallory`select net.http_cancel(${id}::bigint) as ok`;
@@ -145,7 +155,7 @@ describe("attacks by an ordinary role", () => {
   });
 
   test("neither table can be truncated or locked, so callers of net.http_get cannot be made to hang", async () => {
-    for (const table of ["net.http_request_queue", "net._http_response"]) {
+    for (const table of ["net.http_request_queue", "net._http_claim", "net._http_response"]) {
       await expect(mallory.unsafe(`truncate ${table}`)).rejects.toThrow(denied);
       await expect(mallory.begin((tx) => tx.unsafe(`lock table ${table} in access exclusive mode`))).rejects.toThrow(
         denied,
@@ -165,9 +175,10 @@ describe("attacks by an ordinary role", () => {
       insert into net.http_request_queue (method, url, timeout_milliseconds, enqueued_by)
       values ('GET', ${fixture.url("/echo")}, 1000, 'pgnet_t_alice')
     `).rejects.toThrow(denied);
+    // nor forge a request a worker already holds (it would run in alice's name, unchecked by the enqueue)
     await expect(mallory`
-      insert into net.http_request_queue (method, url, timeout_milliseconds, claimed_by)
-      values ('GET', ${fixture.url("/echo")}, 1000, 'someone')
+      insert into net._http_claim (id, method, url, timeout_milliseconds, enqueued_at, enqueued_by, claimed_by)
+      values (999999, 'GET', ${fixture.url("/echo")}, 1000, now(), 'pgnet_t_alice', 'someone')
     `).rejects.toThrow(denied);
     const [row] = await mallory`
       insert into net.http_request_queue (method, url, headers, timeout_milliseconds)
@@ -419,6 +430,57 @@ describe("upgrading in place", () => {
       const upgraded = await startWorker(old.url);
       try {
         for (const { id } of [...queued, next!]) expect((await responseFor(old.sql, id)).status_code).toBe(200);
+      } finally {
+        await upgraded.stop({ timeout: 1000 });
+      }
+    } finally {
+      await old.drop();
+    }
+  });
+
+  test("the claim table (sql/0010) takes the rows a worker held or holds, state and all; the rest stay queued", async () => {
+    const old = await createDatabase({ installed: false });
+    try {
+      await install(old.sql, { through: 9 });
+      const url = (name: string) => fixture.url(`/echo?upgrade=${name}`);
+      const [a, b, c, d] = await old.sql`
+        select net.http_get(${url("queued")}) as id union all select net.http_get(${url("held")})
+        union all select net.http_get(${url("waiting")}) union all select net.http_get(${url("given-back")})
+      `;
+      // as the queue had them: one held by a worker whose lease ran out, one waiting out a retry's backoff, one
+      // given back after two claims
+      await old.sql`update net.http_request_queue set claimed_by = 'gone', lease_until = now() - interval '1 s',
+                      attempts = 1 where id = ${b!.id}`;
+      await old.sql`update net.http_request_queue set not_before = now() + interval '1 hour', attempts = 1,
+                      retried = 1, last_error = 'HTTP 503' where id = ${c!.id}`;
+      await old.sql`update net.http_request_queue set attempts = 2 where id = ${d!.id}`;
+      expect((await install(old.sql)).applied).toEqual([10]);
+      const queued = await old.sql`select id from net.http_request_queue`;
+      expect(queued.map((r) => r.id)).toEqual([a!.id]);
+      const held = await old.sql`
+        select id, attempts, retried, last_error, claimed_by, not_before > now() as waiting
+          from net._http_claim order by id
+      `;
+      expect(held.map((r) => ({ ...r }))).toEqual([
+        { id: b!.id, attempts: 1, retried: 0, last_error: null, claimed_by: "gone", waiting: null },
+        { id: c!.id, attempts: 1, retried: 1, last_error: "HTTP 503", claimed_by: null, waiting: true },
+        { id: d!.id, attempts: 2, retried: 0, last_error: null, claimed_by: null, waiting: null },
+      ]);
+      const columns = await old.sql`
+        select attname from pg_attribute
+         where attrelid = 'net.http_request_queue'::regclass and attnum > 0 and not attisdropped order by attnum
+      `;
+      expect(columns.map((r) => r.attname)).not.toContain("claimed_by");
+      const upgraded = await startWorker(old.url);
+      try {
+        // the queued one, the one whose lease ran out and the one given back are sent; the retry keeps waiting
+        for (const [row, attempts] of [[a!, 1], [b!, 2], [d!, 3]] as const) {
+          expect({ id: row.id, attempts: (await responseFor(old.sql, row.id)).attempts }).toEqual({
+            id: row.id,
+            attempts,
+          });
+        }
+        expect((await old.sql`select 1 from net._http_claim where id = ${c!.id}`).length).toBe(1);
       } finally {
         await upgraded.stop({ timeout: 1000 });
       }

@@ -9,7 +9,7 @@ import type { Worker } from "../src/worker.ts";
 import { cleanEnv, PgnetProcess, RUNTIME } from "./helpers/binary.ts";
 import { createDatabase, type TestDatabase } from "./helpers/cluster.ts";
 import { Fixture, header } from "./helpers/fixture.ts";
-import { memoryLogger, responseFor, startWorker, waitFor } from "./helpers/worker.ts";
+import { memoryLogger, responseFor, startWorker, unanswered, waitFor } from "./helpers/worker.ts";
 
 let db: TestDatabase;
 let fixture: Fixture;
@@ -59,8 +59,7 @@ describe("large responses", () => {
         ...large.map(() => [200, null, 60_000_000]),
         [200, null, 10],
       ]);
-      const [left] = await db.sql`select count(*)::int as n from net.http_request_queue`;
-      expect(left!.n).toBe(0);
+      expect((await unanswered(db.sql)).n).toBe(0);
     } finally {
       await worker.stop({ timeout: 1000 });
     }
@@ -153,6 +152,29 @@ describe("poison rows", () => {
     expect(sent.body.subarray(0, 20).toString()).toBe("01234567890123456789");
   }, 60_000);
 
+  test("a row inserted with the id of a request in flight waits for it, and the worker goes on", async () => {
+    const [held] = await ids(db.sql`select net.http_get(${fixture.url("/delay/3000")}) as id`);
+    await waitFor(async () =>
+      (await db.sql`select 1 from net._http_claim where id = ${held!} and claimed_by is not null`).length
+    );
+    // the owner may choose ids: this one is in the queue while the worker holds its twin in net._http_claim
+    await db.sql`
+      insert into net.http_request_queue (id, method, url, timeout_milliseconds)
+      values (${held!}, 'GET', ${fixture.url("/echo?twin=1")}, 5000)
+    `;
+    await db.sql`select net.wake()`;
+    const [next] = await ids(db.sql`select net.http_get(${fixture.url("/status/200")}) as id`);
+    expect((await responseFor(db.sql, next!)).status_code).toBe(200); // claims go on, while its twin is in flight
+    expect(await rowsFor([held!])).toHaveLength(0);
+    expect((await responseFor(db.sql, held!)).content).toBe("done");
+    // then the twin is sent; its answer finds the id answered and is not stored (one response per id)
+    await waitFor(async () => (await unanswered(db.sql, [held!])).n === 0, 10_000, "the twin to be sent");
+    expect(fixture.requests.filter((r) => r.target === "/echo?twin=1")).toHaveLength(1);
+    const [stored] = await db.sql`select count(*)::int as n, min(content) as content from net._http_response
+                                   where id = ${held!}`;
+    expect({ ...stored }).toEqual({ n: 1, content: "done" });
+  });
+
   test("a huge URL or header set inserted directly becomes an error row too", async () => {
     const list = await ids(db.sql`
       insert into net.http_request_queue (method, url, headers, timeout_milliseconds)
@@ -195,12 +217,12 @@ describe("a request whose worker keeps dying", () => {
       db.sql`select net.http_get(${fixture.url("/delay/30000")}, timeout_milliseconds => 0) as id`,
     );
     await waitFor(async () =>
-      (await db.sql`select 1 from net.http_request_queue where id = ${id!} and claimed_by is not null`).length
+      (await db.sql`select 1 from net._http_claim where id = ${id!} and claimed_by is not null`).length
     );
     await worker.stop({ timeout: 100 });
-    const [row] = await db.sql`select attempts, claimed_by from net.http_request_queue where id = ${id!}`;
+    const [row] = await db.sql`select attempts, claimed_by from net._http_claim where id = ${id!}`;
     expect({ ...row }).toEqual({ attempts: 0, claimed_by: null });
-    await db.sql`delete from net.http_request_queue where id = ${id!}`;
+    await db.sql`delete from net._http_claim where id = ${id!}`;
   });
 });
 
@@ -251,12 +273,12 @@ describe("locks held by other sessions", () => {
     try {
       const [slow] = await ids(db.sql`select net.http_get(${fixture.url("/delay/1000")}) as id`);
       await waitFor(async () =>
-        (await db.sql`select 1 from net.http_request_queue where id = ${slow!} and claimed_by is not null`).length
+        (await db.sql`select 1 from net._http_claim where id = ${slow!} and claimed_by is not null`).length
       );
       const holder = await db.sql.reserve();
       try {
         await holder`begin`;
-        await holder`select id from net.http_request_queue where id = ${slow!} for key share`;
+        await holder`select id from net._http_claim where id = ${slow!} for key share`;
         const others = await ids(
           db.sql`select net.http_get(${fixture.url("/delay/1200")}) as id from generate_series(1, 5)`,
         );

@@ -426,10 +426,10 @@ describe("wake", () => {
         await session`select net.http_get(${`http://localhost/${path}`})`;
         await waitFor(() => seen.length === (path === "next" ? 2 : 3), 5000, `the wake of /${path}`);
       }
-      const [{ count }] = await session`select count(*)::int from net.http_request_queue
-                                          where url in ('http://localhost/kept', 'http://localhost/next',
-                                                        'http://localhost/after', 'http://localhost/rolled-back')`;
-      expect(count).toBe(3);
+      const [row] = await session`select count(*)::int as n from net.http_request_queue
+                                    where url in ('http://localhost/kept', 'http://localhost/next',
+                                                  'http://localhost/after', 'http://localhost/rolled-back')`;
+      expect(row!.n).toBe(3);
     } finally {
       await session.end();
       await listener.end();

@@ -5,7 +5,7 @@ import { readQueueDepth } from "../src/queue.ts";
 import { createStatusApp, type StatusDeps } from "../src/status.ts";
 import type { Worker } from "../src/worker.ts";
 import { createDatabase, type TestDatabase } from "./helpers/cluster.ts";
-import { startWorker } from "./helpers/worker.ts";
+import { forgetRequests, startWorker } from "./helpers/worker.ts";
 
 let db: TestDatabase;
 let worker: Worker;
@@ -67,8 +67,9 @@ test("GET /health waits three poll intervals when they are longer: with 5 s, 200
 });
 
 test("GET /status reports version, database, queue depth, counters, settings and their sources", async () => {
-  await db.sql`insert into net.http_request_queue (method, url, timeout_milliseconds, not_before)
-               values ('GET', 'http://localhost/', 1000, now() + interval '1 hour')`;
+  // a request waiting out a retry's backoff: not ready, not held
+  await db.sql`insert into net._http_claim (id, method, url, timeout_milliseconds, enqueued_at, enqueued_by, not_before)
+               values (999001, 'GET', 'http://localhost/', 1000, now(), current_user, now() + interval '1 hour')`;
   const body = await (await app().request("/status")).json() as Record<string, unknown>;
   expect(body).toMatchObject({
     version: expect.stringMatching(/^\d+\.\d+\.\d+$/),
@@ -82,7 +83,7 @@ test("GET /status reports version, database, queue depth, counters, settings and
     sources: { batchSize: "default", pollIntervalMs: "flag" },
     lastError: null,
   });
-  await db.sql`delete from net.http_request_queue`;
+  await forgetRequests(db.sql);
 });
 
 test("POST /reload and /restart need the bearer token when one is set", async () => {

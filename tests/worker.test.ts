@@ -4,7 +4,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, test } from "bun:test
 import { createDatabase, type TestDatabase } from "./helpers/cluster.ts";
 import { Fixture, header } from "./helpers/fixture.ts";
 import { install, uninstall } from "../src/installer.ts";
-import { memoryLogger, responseFor, startWorker, waitFor } from "./helpers/worker.ts";
+import { memoryLogger, responseFor, startWorker, unanswered, waitFor } from "./helpers/worker.ts";
 import { VERSION } from "../src/version.ts";
 import type { Worker } from "../src/worker.ts";
 
@@ -237,8 +237,7 @@ describe("waking", () => {
     expect((await responseFor(db.sql, id)).status_code).toBe(202);
     await worker.idle();
     expect(fixture.received("/status/201")).toHaveLength(0);
-    const [left] = await db.sql`select count(*)::int as n from net.http_request_queue`;
-    expect(left!.n).toBe(0);
+    expect((await unanswered(db.sql)).n).toBe(0);
   });
 
   test("rows inserted directly into the queue are processed without a wake", async () => {
@@ -647,8 +646,7 @@ describe("volume", () => {
     worker = await startWorker(db.url);
     await waitFor(
       async () => {
-        const [row] = await db.sql`select count(*)::int as n from net.http_request_queue`;
-        return row!.n === 0;
+        return (await unanswered(db.sql)).n === 0;
       },
       60_000,
       "the queue to drain",

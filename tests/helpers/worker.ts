@@ -36,6 +36,8 @@ export async function waitFor<T>(
 /** A row of net._http_response as a SELECT returns it. */
 export interface StoredResponse extends ResponseRow {
   created: Date;
+  /** how many attempts the outcome took */
+  attempts: number;
 }
 
 /** Waits until the response row for `id` exists and returns it. */
@@ -48,4 +50,26 @@ export async function responseFor(sql: Sql, id: string | number, timeoutMs = 10_
     timeoutMs,
     `the response to request ${id}`,
   );
+}
+
+/**
+ * Requests with no response yet, of `ids` or all: queued, or taken by a worker (net._http_claim: in flight, given
+ * back, or waiting for a retry). `held`: those a worker holds under a lease.
+ */
+export async function unanswered(sql: Sql, ids?: readonly (string | number)[]): Promise<{ n: number; held: number }> {
+  const list = ids?.join(",") ?? null;
+  const [row] = await sql<{ n: number; held: number }[]>`
+    with wanted as (select string_to_array(${list}::text, ',')::bigint[] as ids)
+    select (select count(*) from net.http_request_queue, wanted where ids is null or id = any(ids))::int
+           + (select count(*) from net._http_claim, wanted where ids is null or id = any(ids))::int as n,
+           (select count(*) from net._http_claim, wanted where (ids is null or id = any(ids)) and claimed_by is not null)::int
+             as held
+  `;
+  return row!;
+}
+
+/** Deletes every request without a response, queued or claimed: a clean slate for the next test. */
+export async function forgetRequests(sql: Sql): Promise<void> {
+  await sql`delete from net.http_request_queue`;
+  await sql`delete from net._http_claim`;
 }
