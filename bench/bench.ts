@@ -362,12 +362,12 @@ async function pgnetTotals(port: number): Promise<Record<string, number>> {
 }
 
 /**
- * Commit → stored for a request committed after `idleMs` without traffic, and where it went, from pgnet's
- * /metrics around each sample: the claim statement, the HTTP request, the store statement, and the rest (the
- * NOTIFY reaching pgnet, pgnet's own scheduling, the stored rows' NOTIFY reaching the benchmark). Only samples
- * with exactly one claim and one store (no poll claim in the idle time) count in the split.
+ * Commit → stored, one request at a time, each committed `idleMs` after the last was stored (0: back to back), and
+ * where it went, from pgnet's /metrics around each sample: the claim statement, the HTTP request, the store
+ * statement, and the rest (the NOTIFY reaching pgnet, pgnet's own scheduling, the stored rows' NOTIFY reaching the
+ * benchmark). Only samples with exactly one claim and one store (no poll claim in between) count in the split.
  */
-async function afterIdle(ctx: Context, samples: number, idleMs: number) {
+async function latency(ctx: Context, samples: number, idleMs = 0) {
   const port = await freePort();
   const run = await setup(ctx, false, undefined, ["--status-port", String(port)]);
   const split: Record<"claim" | "http" | "store" | "rest", number[]> = { claim: [], http: [], store: [], rest: [] };
@@ -391,6 +391,7 @@ async function afterIdle(ctx: Context, samples: number, idleMs: number) {
     const median = (xs: number[]) => percentile([...xs].sort((a, b) => a - b), 50);
     return {
       p50: percentile(times, 50),
+      p95: percentile(times, 95),
       p99: percentile(times, 99),
       split: Object.fromEntries(Object.entries(split).map(([k, xs]) => [k, xs.length ? median(xs) : Number.NaN])),
     };
@@ -399,15 +400,28 @@ async function afterIdle(ctx: Context, samples: number, idleMs: number) {
   }
 }
 
-/** Commit → stored, one request at a time. */
-async function latency(ctx: Context, n: number): Promise<{ p50: number; p95: number; p99: number }> {
-  const run = await setup(ctx);
-  try {
-    const times = await oneAtATime(ctx, run, n);
-    return { p50: percentile(times, 50), p95: percentile(times, 95), p99: percentile(times, 99) };
-  } finally {
-    await run.teardown();
+/**
+ * The machine's own cost of a round trip without pgnet, for comparison with the split above: medians of a
+ * `select 1` on a pooled connection and of a GET to the target from this process (its keep-alive connection),
+ * each `idleMs` after the last (the two alternate), or back to back.
+ */
+async function roundTrips(ctx: Context, samples: number, idleMs: number): Promise<{ select: number; fetch: number }> {
+  const times: Record<"select" | "fetch", number[]> = { select: [], fetch: [] };
+  const trip = {
+    select: () => ctx.admin`select 1`,
+    fetch: () => fetch(`${ctx.target}/fast`).then((r) => r.arrayBuffer()),
+  };
+  await trip.select(); // both connections open
+  await trip.fetch();
+  for (let i = 0; i < 2 * samples; i++) {
+    const kind = i % 2 === 0 ? "select" : "fetch";
+    if (idleMs > 0) await Bun.sleep(idleMs);
+    const started = performance.now();
+    await trip[kind]();
+    times[kind].push(performance.now() - started);
   }
+  const median = (xs: number[]) => percentile(xs.sort((a, b) => a - b), 50);
+  return { select: median(times.select), fetch: median(times.fetch) };
 }
 
 /**
@@ -728,29 +742,39 @@ async function main(): Promise<void> {
         await repeat(() => enqueueCost(ctx, n, "pg_net's GET")),
       );
     }
-    if (only.has("afteridle")) {
-      const samples: Record<string, number[]> = { p50: [], p99: [], claim: [], http: [], store: [], rest: [] };
+    // where a request spends its time, medians per sample: pgnet's statements and the HTTP request from its own
+    // /metrics, the rest being the two NOTIFYs' way and pgnet's scheduling
+    const latencies = async (name: string, label: string, samples: number, idleMs: number, ps: string[]) => {
+      const figures: Record<string, number[]> = {};
+      const add = (k: string, v: number) => (figures[k] ??= []).push(Math.round(v * 100) / 100);
       for (let i = 0; i < runs; i++) {
-        const l = await afterIdle(ctx, quick ? 3 : 40, 2500);
-        for (const k of ["p50", "p99"] as const) samples[k]!.push(Math.round(l[k] * 100) / 100);
-        for (const [k, v] of Object.entries(l.split)) samples[k]!.push(Math.round(v * 100) / 100);
+        const l = await latency(ctx, samples, idleMs);
+        for (const p of ps) add(p, l[p as "p50" | "p95" | "p99"]);
+        // a run whose samples all had a poll claim in between has no split
+        for (const [k, v] of Object.entries(l.split)) if (Number.isFinite(v)) add(k, v);
       }
-      for (const k of ["p50", "p99"]) report(`latency ${k} after 2.5 s idle (ms)`, stat(samples[k]!));
-      // where a request after idle spends its time, medians per sample: pgnet's statements and the HTTP request
-      // from its own /metrics, the rest being the two NOTIFYs' way and pgnet's scheduling
+      for (const p of ps) report(`latency ${p} ${name} (ms)`, stat(figures[p]!));
       for (const k of ["claim", "http", "store", "rest"]) {
-        // a run whose samples all had a poll claim in their idle time has no split
-        const xs = samples[k]!.filter(Number.isFinite);
-        if (xs.length > 0) report(`after 2.5 s idle, median ${k} (ms)`, stat(xs));
+        if (figures[k]) report(`${label}, median ${k} (ms)`, stat(figures[k]));
       }
+    };
+    const trips = async (label: string, samples: number, idleMs: number) => {
+      const figures = { select: [] as number[], fetch: [] as number[] };
+      for (let i = 0; i < runs; i++) {
+        const t = await roundTrips(ctx, samples, idleMs);
+        figures.select.push(Math.round(t.select * 100) / 100);
+        figures.fetch.push(Math.round(t.fetch * 100) / 100);
+      }
+      report(`${label}, without pgnet: one select 1 (ms)`, stat(figures.select));
+      report(`${label}, without pgnet: one GET to the target (ms)`, stat(figures.fetch));
+    };
+    if (only.has("afteridle")) {
+      await latencies("after 2.5 s idle", "after 2.5 s idle", quick ? 3 : 40, 2500, ["p50", "p99"]);
+      await trips("after 2.5 s idle", quick ? 2 : 10, 2500);
     }
     if (only.has("latency")) {
-      const samples: Record<string, number[]> = { p50: [], p95: [], p99: [] };
-      for (let i = 0; i < runs; i++) {
-        const l = await latency(ctx, quick ? 100 : 1000);
-        for (const k of ["p50", "p95", "p99"] as const) samples[k]!.push(Math.round(l[k] * 100) / 100);
-      }
-      for (const k of ["p50", "p95", "p99"]) report(`latency ${k} commit→stored (ms)`, stat(samples[k]!));
+      await latencies("commit→stored", "back to back", quick ? 100 : 1000, 0, ["p50", "p95", "p99"]);
+      await trips("back to back", quick ? 20 : 200, 0);
     }
     if (only.has("hol")) {
       const n = quick ? 100 : 1000;
