@@ -302,7 +302,11 @@ export class Queue {
                where claimed_by is null and coalesce(not_before, enqueued_at) > now()
                order by coalesce(not_before, enqueued_at), id
                limit 1)::float8 as next_due_ms
-        from (select) one
+        -- the claim commits without waiting for its WAL to reach disk (this transaction only; the enqueue and the
+        -- store wait as configured): a PostgreSQL crash just after it undoes the move, and the request, queued
+        -- again, is sent again, as when a worker dies. Back to back this took the claim from 0.81 to 0.46 ms
+        -- (a WAL flush), commit to stored from 1.9 to 1.6 ms at the median and 11.9 to 8.8 ms at p99
+        from (select set_config('synchronous_commit', 'off', true)) one
         left join claimed c on true
     `;
     const claimed = rows.filter((row) => row.id !== null).map((row): Claimed => ({

@@ -7,6 +7,8 @@ import { install, uninstall } from "../src/installer.ts";
 import { memoryLogger, responseFor, startWorker, unanswered, waitFor } from "./helpers/worker.ts";
 import { VERSION } from "../src/version.ts";
 import type { Worker } from "../src/worker.ts";
+import { connect } from "../src/db.ts";
+import { Queue } from "../src/queue.ts";
 
 let db: TestDatabase;
 let fixture: Fixture;
@@ -143,6 +145,53 @@ describe("requests", () => {
       expect(v6.received("/status/200")).toHaveLength(1);
     } finally {
       await v6.stop();
+    }
+  });
+});
+
+describe("commits", () => {
+  test("a claim commits without waiting for the disk; a store, and anything after a claim, waits as configured", async () => {
+    // deferred triggers run at commit: each records the synchronous_commit its transaction commits with
+    await db.sql.unsafe(`
+      create table public.commits (statement text, setting text);
+      create function public.record_commit() returns trigger language plpgsql as $$
+      begin insert into public.commits values (tg_argv[0], current_setting('synchronous_commit')); return null; end $$;
+      create constraint trigger record_claim after insert on net._http_claim deferrable initially deferred
+        for each row execute function public.record_commit('claim');
+      create constraint trigger record_store after insert on net._http_response deferrable initially deferred
+        for each row execute function public.record_commit('store');
+    `);
+    // one connection, so the store runs where the claim ran; the test cluster's default is off
+    const sql = connect({ url: db.url }, { max: 1, connection: { synchronous_commit: "on" } });
+    try {
+      const id = await enqueue(db.sql`select net.http_get(${fixture.url("/x")}) as id`);
+      const queue = new Queue(sql, "test-worker");
+      const { claimed } = await queue.claim(10, { batchSize: 10, ttlSeconds: 3600, leaseMs: 60_000 });
+      expect(claimed.map((c) => c.request.id)).toEqual([id]);
+      expect((await one<{ s: string }>(sql`select current_setting('synchronous_commit') as s`)).s).toBe("on");
+      await queue.store([{
+        id,
+        status_code: 200,
+        content_type: null,
+        headers: {},
+        content: "ok",
+        timed_out: false,
+        error_msg: null,
+        body: null,
+      }]);
+      expect([...await db.sql`select statement, setting from public.commits order by statement`]).toEqual([
+        { statement: "claim", setting: "off" },
+        { statement: "store", setting: "on" },
+      ]);
+      expect((await responseFor(db.sql, id)).content).toBe("ok");
+    } finally {
+      await sql.end();
+      await db.sql.unsafe(`
+        drop trigger record_claim on net._http_claim;
+        drop trigger record_store on net._http_response;
+        drop function public.record_commit();
+        drop table public.commits;
+      `);
     }
   });
 });
