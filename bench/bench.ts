@@ -358,6 +358,7 @@ async function pgnetTotals(port: number): Promise<Record<string, number>> {
     storeSeconds: sum(/^pgnet_statement_seconds_total\{kind="store"/),
     stores: sum(/^pgnet_statements_total\{kind="store"/),
     httpSeconds: sum(/^pgnet_request_duration_seconds_sum/),
+    statements: sum(/^pgnet_statements_total\{/),
   };
 }
 
@@ -422,6 +423,44 @@ async function roundTrips(ctx: Context, samples: number, idleMs: number): Promis
   }
   const median = (xs: number[]) => percentile(xs.sort((a, b) => a - b), 50);
   return { select: median(times.select), fetch: median(times.fetch) };
+}
+
+/**
+ * `count` times, `size` GETs committed together once the last were stored, answered at once or spread over
+ * `spreadMs` (/slow/0 … /slow/spreadMs-1): the statements pgnet ran for them (all kinds, from its /metrics, read
+ * 100 ms after the last was stored) and commit → last stored, medians.
+ */
+async function bursts(
+  ctx: Context,
+  count: number,
+  size: number,
+  spreadMs: number,
+): Promise<{ statements: number; ms: number }> {
+  const port = await freePort();
+  const run = await setup(ctx, false, undefined, ["--status-port", String(port)]);
+  const statements: number[] = [];
+  const times: number[] = [];
+  try {
+    for (let tries = 0; await pgnetTotals(port).then(() => false, () => tries++ < 100);) await Bun.sleep(50);
+    for (let i = 0; i < count; i++) {
+      await Bun.sleep(100);
+      const before = await pgnetTotals(port);
+      const ids = (await run.sql`
+        select net.http_get(case when ${spreadMs}::int = 0 then ${`${ctx.target}/fast`}
+                                 else ${`${ctx.target}/slow/`} || (g % ${spreadMs}::int) end) as id
+          from generate_series(1, ${size}) g
+      `).map((r) => String(r.id));
+      const committed = performance.now();
+      while (!ids.every((id) => run.stored.has(id))) await Bun.sleep(1);
+      times.push(Math.max(...ids.map((id) => run.stored.get(id)!)) - committed);
+      await Bun.sleep(100);
+      statements.push((await pgnetTotals(port)).statements! - before.statements!);
+    }
+    const median = (xs: number[]) => percentile([...xs].sort((a, b) => a - b), 50);
+    return { statements: median(statements), ms: median(times) };
+  } finally {
+    await run.teardown();
+  }
 }
 
 /**
@@ -646,7 +685,7 @@ async function main(): Promise<void> {
   });
   if (values.help) {
     console.log(
-      `Usage: npm run bench -- [--quick] [--runs N] [--only throughput,enqueue,latency,afteridle,hol,mixed,large,future,backlog,fairness,ceiling,idle] [--json] [--database URL]
+      `Usage: npm run bench -- [--quick] [--runs N] [--only throughput,enqueue,latency,afteridle,burst,hol,mixed,large,future,backlog,fairness,ceiling,idle] [--json] [--database URL]
   --quick   small sizes, one run (a smoke test)
   --runs    repetitions of each scenario (default 3; medians with min and max)`,
     );
@@ -655,7 +694,7 @@ async function main(): Promise<void> {
   const quick = values.quick === true;
   const runs = Number(values.runs ?? (quick ? 1 : 3));
   const only = new Set(
-    (values.only ?? "throughput,enqueue,latency,afteridle,hol,mixed,large,future,backlog,fairness,ceiling,idle")
+    (values.only ?? "throughput,enqueue,latency,afteridle,burst,hol,mixed,large,future,backlog,fairness,ceiling,idle")
       .split(","),
   );
   const window = 2048; // pgnet's default --concurrency
@@ -775,6 +814,19 @@ async function main(): Promise<void> {
     if (only.has("latency")) {
       await latencies("commit→stored", "back to back", quick ? 100 : 1000, 0, ["p50", "p95", "p99"]);
       await trips("back to back", quick ? 20 : 200, 0);
+    }
+    if (only.has("burst")) {
+      for (const spreadMs of [0, 50]) {
+        const figures = { statements: [] as number[], ms: [] as number[] };
+        for (let i = 0; i < runs; i++) {
+          const b = await bursts(ctx, quick ? 3 : 20, 100, spreadMs);
+          figures.statements.push(b.statements);
+          figures.ms.push(Math.round(b.ms * 100) / 100);
+        }
+        const how = spreadMs === 0 ? "answered at once" : `answers spread over ${spreadMs} ms`;
+        report(`burst: pgnet statements for 100 requests committed together, ${how}`, stat(figures.statements));
+        report(`burst: 100 requests committed together, ${how}, commit → last stored (ms)`, stat(figures.ms));
+      }
     }
     if (only.has("hol")) {
       const n = quick ? 100 : 1000;

@@ -29,6 +29,7 @@ const NOTES: [prefix: string, pgNet: string, goal: string][] = [
   ["backlog 1000000 drain", "", "within 10 % of 100,000"],
   ["backlog 1000000 pgnet peak RSS", "", "< 250"],
   ["idle statements", "", "≤ 1"],
+  ["burst: pgnet statements", "4", "≤ 8"],
 ];
 
 type Figure = number | { median: number; min: number; max: number };
