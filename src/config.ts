@@ -26,6 +26,8 @@ export interface WorkerSettings {
   memoryBudgetBytes: number;
   /** response data per write statement; a larger response is written alone */
   maxWriteBytes: number;
+  /** while other requests run, a result waits up to this long for theirs to share its write */
+  writeDelayMs: number;
   /** a request claimed this many times without a stored result is not sent again */
   maxAttempts: number;
   /** lock_timeout of pgnet's statements */
@@ -57,6 +59,7 @@ export type SettingFlag =
   | "max-request-size"
   | "memory-budget"
   | "max-write-size"
+  | "write-delay"
   | "max-attempts"
   | "lock-timeout"
   | "statement-timeout"
@@ -289,6 +292,17 @@ export const SETTINGS: readonly Spec[] = [
     default: "4MiB",
     help: "response data per write statement; a larger response is written alone",
     parse: bytes(64 * 1024, 256 * MiB, "64KiB to 256MiB"),
+  },
+  // write-delay 10ms: 100 requests committed together, their answers spread over 50 ms, cost pgnet 38 to 51
+  // statements with 0 and 6 with 10ms, stored as fast (61 against 59-63 ms to the last); one request at a time
+  // waits for nothing, and 100,000 GETs drain as fast (11,965 against 11,321 req/s, one run each)
+  {
+    key: "writeDelayMs",
+    flag: "write-delay",
+    env: "PGNET_WRITE_DELAY",
+    default: "10ms",
+    help: "while other requests run, how long a result may wait for theirs to share its write (0: never waits)",
+    parse: duration("ms", 0, 1000, 1),
   },
   {
     key: "maxAttempts",

@@ -155,6 +155,8 @@ export class Worker {
         return this.#db.queue;
       },
       maxWriteBytes: () => this.settings.maxWriteBytes,
+      writeDelayMs: () => this.settings.writeDelayMs,
+      running: () => this.#inFlight.size,
       onFail: (message, error) => this.#fail(message, error),
       onStored: (rows) => {
         this.#progress();

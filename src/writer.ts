@@ -1,5 +1,6 @@
 // The result writer: buffers finished results and stores them in statements bounded in rows and bytes, so a
-// write always makes progress. Results that finish during a write go into the next one (group commit).
+// write always makes progress. Results that finish during a write go into the next one (group commit), and while
+// other requests are still running a result waits a little (--write-delay) for them to share its write.
 
 import type { Hold } from "./budget.ts";
 import { errorCode } from "./errors.ts";
@@ -33,12 +34,18 @@ interface Item {
   /** bytes it adds to a write statement */
   bytes: number;
   retry?: Reschedule;
+  /** when it was handed over (performance.now()) */
+  at?: number;
 }
 
 export interface WriterOptions {
   /** the queue to write through (replaced when the worker reconnects); throws while there is none */
   queue(): Queue;
   maxWriteBytes(): number;
+  /** how long a result may wait for others to share its write, while requests are running (0: never) */
+  writeDelayMs(): number;
+  /** requests of this worker still running (claimed, without an outcome yet) */
+  running(): number;
   /** a write failed; `message` says what happens next */
   onFail(message: string, error: unknown): void;
   /** rows were stored */
@@ -51,10 +58,14 @@ export class Writer {
   readonly #options: WriterOptions;
   readonly #timers = new Timers();
   #pending: Item[] = [];
+  /** the bytes of #pending */
+  #pendingBytes = 0;
   /** results whose queue row another session holds locked: retried one at a time, apart from the rest */
   #locked: Item[] = [];
   #writing: Promise<void> | null = null;
   #deadline = Number.POSITIVE_INFINITY;
+  /** ends the wait before a write at once (the last running request finished, the next write is full, stop) */
+  #hurry: (() => void) | null = null;
   #lost = 0;
   #droppedWithSchema = 0;
 
@@ -82,8 +93,7 @@ export class Writer {
   }
 
   push(row: ResponseRow, hold: Hold | null = null): void {
-    this.#pending.push({ row, hold, bytes: rowBytes(row) });
-    this.#writing ??= this.#flush();
+    this.#add({ row, hold, bytes: rowBytes(row) });
   }
 
   /** Queues a request again for its next attempt. */
@@ -98,7 +108,14 @@ export class Writer {
       error_msg: retry.failure,
       body: null,
     };
-    this.#pending.push({ row, hold: null, bytes: 128 + retry.failure.length, retry });
+    this.#add({ row, hold: null, bytes: 128 + retry.failure.length, retry });
+  }
+
+  #add(item: Item): void {
+    item.at = performance.now();
+    this.#pending.push(item);
+    this.#pendingBytes += item.bytes;
+    if (this.#hurry && !this.#mayWait()) this.#hurry();
     this.#writing ??= this.#flush();
   }
 
@@ -110,6 +127,7 @@ export class Writer {
   /** Keeps retrying until `deadline` (Date.now() ms), then gives up what is left, saying so. */
   async stop(deadline: number): Promise<void> {
     this.#deadline = deadline;
+    this.#hurry?.();
     await this.drained();
     this.#timers.clear();
   }
@@ -118,6 +136,7 @@ export class Writer {
     let failures = 0;
     try {
       while (this.pending > 0) {
+        await this.#wait();
         const batch = this.#pending.length > 0 ? this.#take() : [this.#locked.shift()!];
         const retry = await this.#write(batch);
         if (retry.length === 0) {
@@ -125,6 +144,7 @@ export class Writer {
           continue;
         }
         this.#pending.unshift(...retry);
+        this.#pendingBytes += retry.reduce((sum, item) => sum + item.bytes, 0);
         if (Date.now() + 100 >= this.#deadline) {
           this.#giveUp();
           return;
@@ -133,6 +153,37 @@ export class Writer {
       }
     } finally {
       this.#writing = null;
+    }
+  }
+
+  /**
+   * Whether the next write may wait for more results: requests are still running, the oldest result waiting has
+   * waited less than --write-delay, the write is not full, and the writer is not stopping. One request at a time
+   * is written at once (nothing else is running); so is a burst's last result.
+   */
+  #mayWait(): boolean {
+    const oldest = this.#pending[0];
+    if (!oldest || this.#deadline !== Number.POSITIVE_INFINITY || this.#options.running() === 0) return false;
+    if (this.#pending.length >= WRITE_ROWS) return false;
+    if (this.#pendingBytes >= this.#options.maxWriteBytes()) return false;
+    return performance.now() - oldest.at! < this.#options.writeDelayMs();
+  }
+
+  /** Waits before a write while #mayWait() says so: until the oldest result's delay is over, or hurried. */
+  async #wait(): Promise<void> {
+    while (this.#mayWait()) {
+      const ms = this.#pending[0]!.at! + this.#options.writeDelayMs() - performance.now();
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(() => {
+          this.#hurry = null;
+          resolve();
+        }, Math.max(0, ms));
+        this.#hurry = () => {
+          clearTimeout(timer);
+          this.#hurry = null;
+          resolve();
+        };
+      });
     }
   }
 
@@ -146,6 +197,7 @@ export class Writer {
       bytes += item.bytes;
       count++;
     }
+    this.#pendingBytes -= bytes;
     return this.#pending.splice(0, count);
   }
 
@@ -243,6 +295,7 @@ export class Writer {
   #giveUp(): void {
     const items = [...this.#pending, ...this.#locked];
     this.#pending = [];
+    this.#pendingBytes = 0;
     this.#locked = [];
     this.#lost += items.length;
     const ids = items.map((item) => item.row.id);

@@ -29,6 +29,7 @@ test("defaults apply when nothing is set", () => {
     maxRequestBytes: 64 * 1024 * 1024,
     memoryBudgetBytes: 256 * 1024 * 1024,
     maxWriteBytes: 4 * 1024 * 1024,
+    writeDelayMs: 10,
     maxAttempts: 5,
     lockTimeoutMs: 5000,
     statementTimeoutMs: 60000,

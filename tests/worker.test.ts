@@ -196,6 +196,74 @@ describe("commits", () => {
   });
 });
 
+describe("--write-delay", () => {
+  /** Counts the statements that store responses: a statement-level trigger on net._http_response. */
+  async function countWrites(): Promise<{ writes(): Promise<number>; drop(): Promise<unknown> }> {
+    await db.sql.unsafe(`
+      create table public.writes (n int);
+      grant insert on public.writes to pgnet_worker; -- the trigger runs as the role pgnet's statements run as
+      create function public.count_write() returns trigger language plpgsql as $$
+      begin insert into public.writes values (1); return null; end $$;
+      create trigger count_write after insert on net._http_response
+        for each statement execute function public.count_write();
+    `);
+    return {
+      writes: async () => (await one<{ n: number }>(db.sql`select count(*)::int as n from public.writes`)).n,
+      drop: () =>
+        db.sql.unsafe(`
+        drop trigger count_write on net._http_response;
+        drop function public.count_write();
+        drop table public.writes;
+      `),
+    };
+  }
+
+  test("results finishing while others run share one write", async () => {
+    const counter = await countWrites();
+    try {
+      worker = await startWorker(db.url, { "write-delay": "1s" });
+      // ten answers spread over 270 ms: each waits for the others, and the last one ends the wait
+      const ids = (await db.sql`
+        select net.http_get(${fixture.url("/delay/")} || (g * 30)) as id from generate_series(0, 9) g
+      `).map((r) => String(r.id));
+      for (const id of ids) expect((await responseFor(db.sql, id)).content).toBe("done");
+      expect(await counter.writes()).toBe(1);
+    } finally {
+      await counter.drop();
+    }
+  });
+
+  test("the same answers are written as they come with --write-delay 0", async () => {
+    const counter = await countWrites();
+    try {
+      worker = await startWorker(db.url, { "write-delay": "0" });
+      const ids = (await db.sql`
+        select net.http_get(${fixture.url("/delay/")} || (g * 30)) as id from generate_series(0, 9) g
+      `).map((r) => String(r.id));
+      for (const id of ids) await responseFor(db.sql, id);
+      expect(await counter.writes()).toBeGreaterThanOrEqual(5);
+    } finally {
+      await counter.drop();
+    }
+  });
+
+  test("a result waits no longer than the delay for a slow request, and alone nothing waits", async () => {
+    worker = await startWorker(db.url, { "write-delay": "1s" });
+    // nothing else running: written at once, long before the delay would end
+    const started = performance.now();
+    await responseFor(db.sql, await enqueue(db.sql`select net.http_get(${fixture.url("/delay/0")}) as id`));
+    expect(performance.now() - started).toBeLessThan(900);
+    // beside a request that takes 4 s, the fast one is written once its delay is over
+    const [slow, fast] = (await db.sql`
+      select net.http_get(${fixture.url("/delay/4000")}) as id union all
+      select net.http_get(${fixture.url("/delay/0")})
+    `).map((r) => String(r.id));
+    await responseFor(db.sql, fast!, 3000);
+    expect(await db.sql`select 1 from net._http_response where id = ${slow!}::bigint`).toHaveLength(0);
+    expect((await responseFor(db.sql, slow!)).content).toBe("done");
+  });
+});
+
 describe("sliding window", () => {
   test("a slow endpoint never holds back fast ones: they finish while it is still in flight", async () => {
     // one host, allowed the whole window (by default a host has a quarter of it: tests/delivery.test.ts)
