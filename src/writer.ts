@@ -34,7 +34,7 @@ interface Item {
   /** bytes it adds to a write statement */
   bytes: number;
   retry?: Reschedule;
-  /** when it was handed over (performance.now()) */
+  /** when it was handed over (performance.now()); unset for an error row a refused write hands back */
   at?: number;
 }
 
@@ -166,7 +166,7 @@ export class Writer {
     if (!oldest || this.#deadline !== Number.POSITIVE_INFINITY || this.#options.running() === 0) return false;
     if (this.#pending.length >= WRITE_ROWS) return false;
     if (this.#pendingBytes >= this.#options.maxWriteBytes()) return false;
-    return performance.now() - oldest.at! < this.#options.writeDelayMs();
+    return oldest.at !== undefined && performance.now() - oldest.at < this.#options.writeDelayMs();
   }
 
   /** Waits before a write while #mayWait() says so: until the oldest result's delay is over, or hurried. */

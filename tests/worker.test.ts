@@ -197,8 +197,11 @@ describe("commits", () => {
 });
 
 describe("--write-delay", () => {
-  /** Counts the statements that store responses: a statement-level trigger on net._http_response. */
-  async function countWrites(): Promise<{ writes(): Promise<number>; drop(): Promise<unknown> }> {
+  /**
+   * Ten requests answered over 270 ms (/delay/0 … /delay/270) with pgnet's --write-delay at `delay`: the number of
+   * statements that stored their responses, counted by a statement-level trigger on net._http_response.
+   */
+  async function writesForTen(delay: string): Promise<number> {
     await db.sql.unsafe(`
       create table public.writes (n int);
       grant insert on public.writes to pgnet_worker; -- the trigger runs as the role pgnet's statements run as
@@ -207,44 +210,29 @@ describe("--write-delay", () => {
       create trigger count_write after insert on net._http_response
         for each statement execute function public.count_write();
     `);
-    return {
-      writes: async () => (await one<{ n: number }>(db.sql`select count(*)::int as n from public.writes`)).n,
-      drop: () =>
-        db.sql.unsafe(`
-        drop trigger count_write on net._http_response;
-        drop function public.count_write();
-        drop table public.writes;
-      `),
-    };
-  }
-
-  test("results finishing while others run share one write", async () => {
-    const counter = await countWrites();
     try {
-      worker = await startWorker(db.url, { "write-delay": "1s" });
-      // ten answers spread over 270 ms: each waits for the others, and the last one ends the wait
+      worker = await startWorker(db.url, { "write-delay": delay });
       const ids = (await db.sql`
         select net.http_get(${fixture.url("/delay/")} || (g * 30)) as id from generate_series(0, 9) g
       `).map((r) => String(r.id));
       for (const id of ids) expect((await responseFor(db.sql, id)).content).toBe("done");
-      expect(await counter.writes()).toBe(1);
+      return (await one<{ n: number }>(db.sql`select count(*)::int as n from public.writes`)).n;
     } finally {
-      await counter.drop();
+      await db.sql.unsafe(`
+        drop trigger count_write on net._http_response;
+        drop function public.count_write();
+        drop table public.writes;
+      `);
     }
+  }
+
+  test("results finishing while others run share one write", async () => {
+    // each waits for the others, and the last one ends the wait
+    expect(await writesForTen("1s")).toBe(1);
   });
 
   test("the same answers are written as they come with --write-delay 0", async () => {
-    const counter = await countWrites();
-    try {
-      worker = await startWorker(db.url, { "write-delay": "0" });
-      const ids = (await db.sql`
-        select net.http_get(${fixture.url("/delay/")} || (g * 30)) as id from generate_series(0, 9) g
-      `).map((r) => String(r.id));
-      for (const id of ids) await responseFor(db.sql, id);
-      expect(await counter.writes()).toBeGreaterThanOrEqual(5);
-    } finally {
-      await counter.drop();
-    }
+    expect(await writesForTen("0")).toBeGreaterThanOrEqual(5);
   });
 
   test("a result waits no longer than the delay for a slow request, and alone nothing waits", async () => {
