@@ -10,6 +10,7 @@ import restartReload from "../sql/0007_restart_reload.sql" with { type: "text" }
 import enqueueCost from "../sql/0008_enqueue_cost.sql" with { type: "text" };
 import wakeOnce from "../sql/0009_wake_once.sql" with { type: "text" };
 import claimTable from "../sql/0010_claim_table.sql" with { type: "text" };
+import requestWakeOnce from "../sql/0011_request_wake_once.sql" with { type: "text" };
 
 export interface Migration {
   version: number;
@@ -28,6 +29,7 @@ export const MIGRATIONS: readonly Migration[] = [
   { version: 8, name: "0008_enqueue_cost", text: enqueueCost },
   { version: 9, name: "0009_wake_once", text: wakeOnce },
   { version: 10, name: "0010_claim_table", text: claimTable },
+  { version: 11, name: "0011_request_wake_once", text: requestWakeOnce },
 ];
 
 export const LATEST_VERSION = MIGRATIONS[MIGRATIONS.length - 1]!.version;

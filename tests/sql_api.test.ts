@@ -435,6 +435,37 @@ describe("wake", () => {
       await listener.end();
     }
   });
+
+  test("net.http_request marks its transaction as woken too (sql/0011), and a rolled-back savepoint unmarks it", async () => {
+    const seen: string[] = [];
+    const listener = rawClient(db.url, { max: 1, onnotify: (channel: string) => seen.push(channel) } as never);
+    const session = rawClient(db.url, { max: 1 });
+    await listener`listen pgnet_wake`;
+    const woken = async (sql: (strings: TemplateStringsArray) => Promise<unknown>) =>
+      ((await sql`select current_setting('pgnet.woken', true) as woken`) as { woken: string | null }[])[0]!.woken;
+    try {
+      const marks = await session.begin(async (tx) => {
+        await tx.savepoint(async (sp) => {
+          await sp`select net.http_request('http://localhost/rolled-back', 'PUT', body => 'x')`;
+          throw new Error("roll back to the savepoint");
+        }).catch(() => {});
+        const afterRollback = await woken(tx);
+        await tx`select net.http_request('http://localhost/kept', 'PATCH', body => 'x')`;
+        const afterRequest = await woken(tx);
+        await tx`select net.http_get('http://localhost/kept-too')`; // sees the mark: no second notify to build
+        return [afterRollback, afterRequest];
+      });
+      expect(marks[0]).not.toBe("yes");
+      expect(marks[1]).toBe("yes");
+      await waitFor(() => seen.length === 1, 5000, "the wake of the kept requests");
+      expect(await woken(session)).not.toBe("yes"); // the mark went with the transaction
+      await session`select net.http_request('http://localhost/next', 'DELETE')`;
+      await waitFor(() => seen.length === 2, 5000, "the wake of the next transaction");
+    } finally {
+      await session.end();
+      await listener.end();
+    }
+  });
 });
 
 describe("collect", () => {
