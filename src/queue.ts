@@ -165,10 +165,10 @@ function deadLetters(results: string): string {
       )`;
 }
 
-/** What a store's delete returns: what the response needs, and a dead letter's columns when there is one. */
-function doneColumns(results: readonly ResponseRow[]): string {
+/** What a store's delete returns: what the response needs, and with `dead` a dead letter's columns too. */
+function doneColumns(dead: boolean): string {
   const columns = "id, enqueued_by, attempts, last_error";
-  return results.some((r) => r.dead)
+  return dead
     ? `${columns}, method, url, headers, body, timeout_milliseconds, header_order, raw_response, retry, enqueued_at`
     : columns;
 }
@@ -351,6 +351,7 @@ export class Queue {
    * from the claimed rows the same statement deletes (every part of a statement sees the rows as they were).
    */
   async store(results: readonly ResponseRow[]): Promise<void> {
+    const dead = results.some((r) => r.dead);
     await this.#sql`
       with results as (
         -- rows with body bytes go through storeRows
@@ -361,8 +362,8 @@ export class Queue {
         -- by the ids: a join with results may be planned as a hash join over the whole table (TABLE_PLANS)
         delete from net._http_claim
          where id = any(string_to_array(${idList(results.map((r) => r.id))}::text, ',')::bigint[])
-        returning ${this.#sql.unsafe(doneColumns(results))}
-      )${results.some((r) => r.dead) ? this.#sql.unsafe(deadLetters("results")) : this.#sql``}
+        returning ${this.#sql.unsafe(doneColumns(dead))}
+      )${dead ? this.#sql.unsafe(deadLetters("results")) : this.#sql``}
       insert into net._http_response
              (id, status_code, content_type, headers, content, timed_out, error_msg, enqueued_by, attempts, last_error)
       select r.id, r.status_code, r.content_type, r.headers, r.content, r.timed_out, r.error_msg, d.enqueued_by,
@@ -394,14 +395,15 @@ export class Queue {
         `$${n + 6}::bool, $${n + 7}::text, $${n + 8}::bytea, $${n + 9}::text, $${n + 10}::bool)`;
     });
     params.push(idList(results.map((r) => r.id)));
+    const dead = results.some((r) => r.dead);
     await this.#sql.unsafe(
       `with results(id, status_code, content_type, headers, content, timed_out, error_msg, body, last_error, dead) as (
          values ${values.join(", ")}
        ), done as (
          delete from net._http_claim
           where id = any(string_to_array($${params.length}::text, ',')::bigint[])
-         returning ${doneColumns(results)}
-       )${results.some((r) => r.dead) ? deadLetters("results") : ""}
+         returning ${doneColumns(dead)}
+       )${dead ? deadLetters("results") : ""}
        insert into net._http_response (id, status_code, content_type, headers, content, timed_out, error_msg, body,
                                        enqueued_by, attempts, last_error)
        select r.id, r.status_code, r.content_type, r.headers, r.content, r.timed_out, r.error_msg, r.body,
