@@ -31,6 +31,8 @@ function percentile(sorted: number[], p: number): number {
   return sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)]!;
 }
 
+const median = (xs: readonly number[]) => percentile([...xs].sort((a, b) => a - b), 50);
+
 const bodies = new Map<number, Uint8Array<ArrayBuffer>>();
 /** A body of `n` bytes of text, made once per size. */
 function large(n: number): Uint8Array<ArrayBuffer> {
@@ -362,6 +364,15 @@ async function pgnetTotals(port: number): Promise<Record<string, number>> {
   };
 }
 
+/** setup() with pgnet's status server on a free port, once it answers: the run, and the port for pgnetTotals(). */
+async function setupWithStatus(ctx: Context): Promise<{ run: Run; port: number }> {
+  const port = await freePort();
+  const run = await setup(ctx, false, undefined, ["--status-port", String(port)]);
+  // the status server may start listening just after the worker reports itself up
+  for (let tries = 0; await pgnetTotals(port).then(() => false, () => tries++ < 100);) await Bun.sleep(50);
+  return { run, port };
+}
+
 /**
  * Commit → stored, one request at a time, each committed `idleMs` after the last was stored (0: back to back), and
  * where it went, from pgnet's /metrics around each sample: the claim statement, the HTTP request, the store
@@ -369,12 +380,9 @@ async function pgnetTotals(port: number): Promise<Record<string, number>> {
  * benchmark). Only samples with exactly one claim and one store (no poll claim in between) count in the split.
  */
 async function latency(ctx: Context, samples: number, idleMs = 0) {
-  const port = await freePort();
-  const run = await setup(ctx, false, undefined, ["--status-port", String(port)]);
+  const { run, port } = await setupWithStatus(ctx);
   const split: Record<"claim" | "http" | "store" | "rest", number[]> = { claim: [], http: [], store: [], rest: [] };
   try {
-    // the status server may start listening just after the worker reports itself up
-    for (let tries = 0; await pgnetTotals(port).then(() => false, () => tries++ < 100);) await Bun.sleep(50);
     const times = await oneAtATime(ctx, run, samples, idleMs, {
       read: () => pgnetTotals(port),
       sample(before, after, ms) {
@@ -389,7 +397,6 @@ async function latency(ctx: Context, samples: number, idleMs = 0) {
         split.rest.push(ms - parts.claim - parts.http - parts.store);
       },
     });
-    const median = (xs: number[]) => percentile([...xs].sort((a, b) => a - b), 50);
     return {
       p50: percentile(times, 50),
       p95: percentile(times, 95),
@@ -421,7 +428,6 @@ async function roundTrips(ctx: Context, samples: number, idleMs: number): Promis
     await trip[kind]();
     times[kind].push(performance.now() - started);
   }
-  const median = (xs: number[]) => percentile(xs.sort((a, b) => a - b), 50);
   return { select: median(times.select), fetch: median(times.fetch) };
 }
 
@@ -436,12 +442,10 @@ async function bursts(
   size: number,
   spreadMs: number,
 ): Promise<{ statements: number; ms: number }> {
-  const port = await freePort();
-  const run = await setup(ctx, false, undefined, ["--status-port", String(port)]);
+  const { run, port } = await setupWithStatus(ctx);
   const statements: number[] = [];
   const times: number[] = [];
   try {
-    for (let tries = 0; await pgnetTotals(port).then(() => false, () => tries++ < 100);) await Bun.sleep(50);
     for (let i = 0; i < count; i++) {
       await Bun.sleep(100);
       const before = await pgnetTotals(port);
@@ -456,7 +460,6 @@ async function bursts(
       await Bun.sleep(100);
       statements.push((await pgnetTotals(port)).statements! - before.statements!);
     }
-    const median = (xs: number[]) => percentile([...xs].sort((a, b) => a - b), 50);
     return { statements: median(statements), ms: median(times) };
   } finally {
     await run.teardown();
