@@ -11,6 +11,7 @@ import enqueueCost from "../sql/0008_enqueue_cost.sql" with { type: "text" };
 import wakeOnce from "../sql/0009_wake_once.sql" with { type: "text" };
 import claimTable from "../sql/0010_claim_table.sql" with { type: "text" };
 import requestWakeOnce from "../sql/0011_request_wake_once.sql" with { type: "text" };
+import wakeWithId from "../sql/0012_wake_with_id.sql" with { type: "text" };
 
 export interface Migration {
   version: number;
@@ -30,6 +31,7 @@ export const MIGRATIONS: readonly Migration[] = [
   { version: 9, name: "0009_wake_once", text: wakeOnce },
   { version: 10, name: "0010_claim_table", text: claimTable },
   { version: 11, name: "0011_request_wake_once", text: requestWakeOnce },
+  { version: 12, name: "0012_wake_with_id", text: wakeWithId },
 ];
 
 export const LATEST_VERSION = MIGRATIONS[MIGRATIONS.length - 1]!.version;

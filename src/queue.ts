@@ -3,6 +3,7 @@
 
 import { Buffer } from "node:buffer";
 import type { Sql } from "./db.ts";
+import { FROM_HEAD, type QueueRead, type ReadResult } from "./cursor.ts";
 import { urlHost } from "./limits.ts";
 
 /** A request claimed from the queue (net._http_claim holds it): the one shape the worker and the HTTP layer share. */
@@ -79,6 +80,8 @@ export interface ClaimResult {
   expired: number;
   /** ms until the next request that is not due yet (a retry waiting out its backoff) is due; null: none */
   nextDueMs: number | null;
+  /** how many queued rows the claim read, and up to which id each was claimed or passed over (src/cursor.ts) */
+  read: ReadResult;
 }
 
 export interface QueueDepth {
@@ -109,6 +112,8 @@ interface ClaimedRow {
   retried: number;
   queued_ms: number;
   next_due_ms: number | null;
+  scanned: number;
+  scanned_to: string | null;
 }
 
 // A claim reads the URL, headers and body of rows up to this size in the same statement; a larger row is read
@@ -118,6 +123,12 @@ const CLAIM_INLINE_BYTES = 65_536;
 // shared): the rows after this many bytes wait for the next claim, so a queue of huge rows inserted directly is
 // moved a few at a time, each claim well inside pgnet's statement timeout.
 const CLAIM_MOVE_BYTES = 64 * 1024 * 1024;
+// QUEUE_SCAN_ROWS: a claim past full hosts reads each queued row's URL to find its host, about 2.5 µs a row
+// (PostgreSQL 18, this repository's 2-core machine): when one host had a million queued requests, each such claim
+// read all of them, 2.5 s, during which the pump claimed nothing else, once a poll. A claim now reads at most this
+// many rows, from where the last one stopped (src/cursor.ts), so requests for other hosts queued behind any number
+// of a full host's are still found, a share at a time.
+export const QUEUE_SCAN_ROWS = 10_000;
 const READY_COUNT_LIMIT = 10_000;
 // TABLE_PLANS: every statement reads the queue and net._http_claim by id in their primary keys, listed
 // (`id = any(…)`) or looked up for each row (a subquery with `offset 0`, which PostgreSQL does not turn into a
@@ -208,17 +219,20 @@ export class Queue {
   /**
    * One statement: expire old responses (bounded), claim up to `limit` requests under a lease. First those in
    * net._http_claim that are due (a retry whose backoff is over, a request whose worker died or stopped), by
-   * when they became due; then new ones from the queue, oldest id first, moved into net._http_claim (sql/0010)
-   * in the same statement. It reads the queue's primary key and the claim table's ready index only: claimed rows
-   * and rows due later are not visited. The size of the headers is taken from their stored size when that is
-   * small and measured as JSON text otherwise, so a compressed huge value cannot pass as small.
+   * when they became due; then new ones from the queue, oldest id after `read.after` first (src/cursor.ts),
+   * moved into net._http_claim (sql/0010) in the same statement; with `read.hosts`, passing over those hosts'
+   * rows, reading QUEUE_SCAN_ROWS at most. It reads the queue's primary key and the claim table's ready index
+   * only: claimed rows and rows due later are not visited. The size of the headers is taken from their stored
+   * size when that is small and measured as JSON text otherwise, so a compressed huge value cannot pass as small.
    */
-  async claim(limit: number, settings: ClaimSettings, skipHosts: readonly string[] = []): Promise<ClaimResult> {
+  async claim(limit: number, settings: ClaimSettings, read: QueueRead = FROM_HEAD): Promise<ClaimResult> {
     // sums in bigint: three values of up to 1 GB each overflow int4, and a failing claim would stall the queue
     const { batchSize, ttlSeconds, leaseMs } = settings;
     // hosts at their limits (limits.ts) keep their requests queued, in order, for a later claim; the filter is
     // left out of the common statement, which then walks no row it does not claim
     // (a URL with no host to find is host "", as urlHost() says)
+    const skipHosts = read.hosts;
+    const pass = skipHosts.length > 0;
     const skipped = skipHosts.join(" ");
     const skip = () =>
       skipHosts.length === 0 ? this.#sql`` : this.#sql`
@@ -246,14 +260,31 @@ export class Queue {
          order by coalesce(not_before, enqueued_at), id
          limit ${limit}::int
            for update skip locked
+      ), ${
+      pass
+        ? this.#sql`scan as (
+        -- QUEUE_SCAN_ROWS: past full hosts, the next rows of the queue after read.after, by id
+        select id from net.http_request_queue
+         where id > ${read.after}::bigint
+         order by id
+         limit ${QUEUE_SCAN_ROWS}::int
       ), candidates as (
         select id, ${size()} as bytes
           from net.http_request_queue
-         where true ${skip()}
+         where id = any(array(select id from scan)) ${skip()}
          order by id
          limit greatest(${limit}::int - (select count(*) from due), 0)
            for update skip locked
-      ), fresh as (
+      ),`
+        : this.#sql`candidates as (
+        select id, ${size()} as bytes
+          from net.http_request_queue
+         where id > ${read.after}::bigint -- src/cursor.ts: not through the index entries of rows claimed before
+         order by id
+         limit greatest(${limit}::int - (select count(*) from due), 0)
+           for update skip locked
+      ),`
+    } fresh as (
         -- the move copies each row inside PostgreSQL: at most CLAIM_MOVE_BYTES a claim, and always one row
         select id, bytes
           from (select id, bytes, sum(bytes) over (order by id) - bytes as before from candidates) c
@@ -288,7 +319,15 @@ export class Queue {
                1, 0, bytes
           from moved
       )
-      select (select count(*) from expired)::int as expired, c.id, c.method, c.timeout_milliseconds, c.attempts,
+      select (select count(*) from expired)::int as expired, ${
+      pass
+        ? this.#sql`(select count(*) from scan)::int as scanned,
+             -- every row read was passed over or moved: the next claim past these hosts may start after them
+             case when (select count(*) from candidates) < greatest(${limit}::int - (select count(*) from due), 0)
+                   and (select count(*) from fresh) = (select count(*) from candidates)
+                  then (select max(id) from scan)::text end as scanned_to,`
+        : this.#sql`(select count(*) from candidates)::int as scanned, (select max(id) from moved)::text as scanned_to,`
+    } c.id, c.method, c.timeout_milliseconds, c.attempts,
              c.bytes::text as bytes, c.raw_response, c.header_order::text as header_order, c.retry, c.retried,
              (extract(epoch from now() - c.enqueued_at) * 1000)::float8 as queued_ms,
              case when c.bytes > ${CLAIM_INLINE_BYTES}::int
@@ -329,7 +368,13 @@ export class Queue {
       retried: row.retried,
       queuedMs: row.queued_ms,
     }));
-    return { claimed, expired: rows[0]?.expired ?? 0, nextDueMs: rows[0]?.next_due_ms ?? null };
+    const first = rows[0];
+    return {
+      claimed,
+      expired: first?.expired ?? 0,
+      nextDueMs: first?.next_due_ms ?? null,
+      read: { rows: first?.scanned ?? 0, after: first?.scanned_to ?? null },
+    };
   }
 
   /** Reads the URL, headers and body of a request claimed without them; false if it is no longer ours. */

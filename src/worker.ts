@@ -4,6 +4,7 @@
 import { randomUUID } from "node:crypto";
 import { Hold, hostKey, MemoryBudget, REQUEST_RESERVE, ResponseSizes } from "./budget.ts";
 import { type ResolvedSettings, resolveSettings, type SettingValues, type WorkerSettings } from "./config.ts";
+import { QueueCursor, REWIND_POLLS } from "./cursor.ts";
 import { connect, readDatabaseSettings, type Sql, type Target } from "./db.ts";
 import { coerceError, errorCode } from "./errors.ts";
 import { EgressPolicy, guardedResolve, proxiedCheck } from "./egress.ts";
@@ -12,7 +13,7 @@ import { HostLimits, type HostLimitSettings, ruleFor } from "./limits.ts";
 import { CONTROL_CHANNEL, Listener, WAKE_CHANNEL } from "./listener.ts";
 import type { Logger } from "./log.ts";
 import { FailureLog, type Finished, Metrics } from "./metrics.ts";
-import { type Claimed, Queue, type QueueDepth, readQueueDepth, type ResponseRow } from "./queue.ts";
+import { type Claimed, Queue, QUEUE_SCAN_ROWS, type QueueDepth, readQueueDepth, type ResponseRow } from "./queue.ts";
 import { releaseMemory } from "./runtime.ts";
 import { decide, parseRetryPolicy, type RetryPolicy } from "./retry.ts";
 import { WORKER_ROLE } from "./version.ts";
@@ -122,6 +123,8 @@ export class Worker {
   #ownWindow: RequestWindow | null = null;
   /** the full hosts a claim passed over last and found nothing else: not claimed for again until a new request */
   #fruitlessSkip: string | null = null;
+  /** where claims start reading the queue: after the rows claims before them read (src/cursor.ts) */
+  #cursor = new QueueCursor(() => REWIND_POLLS * this.settings.pollIntervalMs);
   /** when the next kick for a request waiting out its backoff is set for (Date.now() ms) */
   #nextWake = Number.POSITIVE_INFINITY;
   /** the claim pass in progress, if any */
@@ -358,10 +361,12 @@ export class Worker {
       target,
       connection: session,
       timers: this.#timers,
-      onNotify: (channel) => this.#onNotify(channel),
+      onNotify: (channel, payload) => this.#onNotify(channel, payload),
       onListen: () => {
         this.#progress();
-        // catch up: requests queued while nobody was listening, and rows inserted directly into the queue
+        // catch up: requests queued while nobody was listening, and rows inserted directly into the queue; the
+        // queue may be a new one (schema net installed again), its ids starting over
+        this.#cursor.reset();
         this.#newWork();
       },
       onReconnect: () => {
@@ -382,9 +387,11 @@ export class Worker {
   }
 
   /** The payload is not trusted: any role can NOTIFY on these channels. */
-  #onNotify(channel: string): void {
-    if (channel === WAKE_CHANNEL) this.#newWork();
-    else if (channel === CONTROL_CHANNEL) void this.#restartIfAsked();
+  #onNotify(channel: string, payload: string): void {
+    if (channel === WAKE_CHANNEL) {
+      this.#cursor.lower(payload); // a transaction's first id (sql/0012): its rows may be behind the claims
+      this.#newWork();
+    } else if (channel === CONTROL_CHANNEL) void this.#restartIfAsked();
   }
 
   /**
@@ -507,15 +514,21 @@ export class Worker {
           // Measured, 100,000 POSTs to one host, which fills its share over and over: 4,758 req/s with such claims
           // repeated each time, 5,824 without (medians of 3)
           if (skip.length > 0 && skipKey === this.#fruitlessSkip) break;
-          const { claimed, expired, nextDueMs } = await this.#db!.queue.claim(limit, this.settings, skip);
-          this.#fruitlessSkip = skip.length > 0 && claimed.length === 0 ? skipKey : null;
+          const from = this.#cursor.next(skip);
+          const { claimed, expired, nextDueMs, read } = await this.#db!.queue.claim(limit, this.settings, from);
+          this.#cursor.advance(from, read);
+          // past full hosts the claim stopped reading at QUEUE_SCAN_ROWS: the next one reads on, if this one got
+          // anywhere
+          const unread = skip.length > 0 && read.rows === QUEUE_SCAN_ROWS &&
+            (read.after !== null || claimed.length > 0);
+          this.#fruitlessSkip = skip.length > 0 && claimed.length === 0 && !unread ? skipKey : null;
           this.#progress();
           if (nextDueMs !== null && nextDueMs < this.settings.pollIntervalMs) this.#wakeIn(nextDueMs);
           this.#counters.claimed += claimed.length;
           for (const c of claimed) this.#start(c);
           if (expired >= this.settings.batchSize) this.#wanted = true; // more responses to expire
           this.#backlog = claimed.length === limit;
-          if (!this.#backlog) break;
+          if (!this.#backlog && !unread) break;
         }
       }
       this.#failures = 0;
@@ -528,6 +541,7 @@ export class Worker {
         // not a fault of ours: say it once, then look again at each poll
         if (!this.#schemaMissing) {
           this.#schemaMissing = true;
+          this.#cursor.reset(); // installed again, the queue's ids start over
           this.#fail("schema net is missing or incomplete: idling until it is installed (pgnet install)", error);
         }
       } else {

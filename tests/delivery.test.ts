@@ -3,9 +3,10 @@
 // real workers and processes, local fixtures that fail on demand.
 
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import type { Sql } from "../src/db.ts";
+import { FROM_HEAD } from "../src/cursor.ts";
+import { connect, type Sql } from "../src/db.ts";
 import { urlHost } from "../src/limits.ts";
-import { HOST_PATTERN } from "../src/queue.ts";
+import { HOST_PATTERN, Queue, QUEUE_SCAN_ROWS } from "../src/queue.ts";
 import { cleanEnv, PgnetProcess } from "./helpers/binary.ts";
 import { createDatabase, type TestDatabase } from "./helpers/cluster.ts";
 import { Fixture, header, type Received } from "./helpers/fixture.ts";
@@ -401,6 +402,98 @@ describe("per-host limits", () => {
       await worker.stop({ timeout: 100 });
     }
     await forgetRequests(db.sql);
+  });
+
+  test("a claim past a full host reads at most QUEUE_SCAN_ROWS queued rows, and the next reads on from there", async () => {
+    // the full host's requests first, then three for another host, inserted directly (ids in this order)
+    const queue = async (url: string, n: number) =>
+      (await db.sql`
+        insert into net.http_request_queue (method, url, headers, timeout_milliseconds)
+        select 'GET', ${url}, '{}', 5000 from generate_series(1, ${n}) returning id::text
+      `).map((r) => r.id as string);
+    const full = await queue(fixture.url("/echo"), QUEUE_SCAN_ROWS + 10);
+    const others = await queue(other.url("/echo"), 3);
+    const claims = new Queue(db.sql, "test-pass-over");
+    const settings = { batchSize: 10, ttlSeconds: 3600, leaseMs: 60_000 };
+    const hosts = [urlHost(fixture.url("/"))];
+    try {
+      const first = await claims.claim(10, settings, { ...FROM_HEAD, hosts });
+      expect(first.claimed).toEqual([]);
+      expect(first.read).toEqual({ rows: QUEUE_SCAN_ROWS, after: full[QUEUE_SCAN_ROWS - 1]! });
+      // fewer than asked for: it stops at the limit, and cannot say all it read was passed over
+      const some = await claims.claim(2, settings, { hosts, after: first.read.after! });
+      expect(some.claimed.map((c) => c.request.id)).toEqual(others.slice(0, 2));
+      expect(some.read).toEqual({ rows: 13, after: null });
+      const rest = await claims.claim(10, settings, { hosts, after: first.read.after! });
+      expect(rest.claimed.map((c) => c.request.id)).toEqual(others.slice(2));
+      expect(rest.read).toEqual({ rows: 11, after: others[2]! });
+      const end = await claims.claim(10, settings, { hosts, after: rest.read.after! });
+      expect(end).toMatchObject({ claimed: [], read: { rows: 0, after: null } });
+      // a claim of any host takes the full host's requests, in order, from the head or from where the last stopped
+      const head = await claims.claim(5, settings);
+      expect(head.claimed.map((c) => c.request.id)).toEqual(full.slice(0, 5));
+      expect(head.read).toEqual({ rows: 5, after: full[4]! });
+      const next = await claims.claim(5, settings, { hosts: [], after: head.read.after! });
+      expect(next.claimed.map((c) => c.request.id)).toEqual(full.slice(5, 10));
+      const [left] = await db.sql`select count(*)::int as n, min(id)::text as first from net.http_request_queue`;
+      expect(left).toEqual({ n: full.length - 10, first: full[10]! });
+    } finally {
+      await forgetRequests(db.sql);
+    }
+  });
+
+  test("a fast host's requests queued behind 25,000 of a full host's are found at once, not at the next poll", async () => {
+    // both inserted directly, which sends no NOTIFY: the worker's first claims find them, or its poll a minute later
+    const insert = (url: string, n: number) =>
+      db.sql`
+        insert into net.http_request_queue (method, url, headers, timeout_milliseconds)
+        select 'GET', ${url}, '{}', 30000 from generate_series(1, ${n}) returning id::text
+      `;
+    await insert(fixture.url("/delay/20000"), 25_000);
+    const fast = (await insert(other.url("/echo"), 20)).map((r) => r.id as string);
+    const worker = await startWorker(db.url, { concurrency: "8", "poll-interval": "60s" });
+    try {
+      // claims past the full host read 10,000 rows each: the third reaches the fast host's
+      await allStored(fast, 5000, "the fast host's 20 responses");
+      expect(fixture.received("/delay/20000")).toHaveLength(2);
+    } finally {
+      await worker.stop({ timeout: 100 });
+      await forgetRequests(db.sql);
+    }
+  });
+
+  test("a row inserted directly and committed after claims read past its id is claimed when they start over", async () => {
+    // polls every 250 ms: claims start reading from the queue's head again after 12 of them (src/cursor.ts)
+    const worker = await startWorker(db.url, { concurrency: "8", "poll-interval": "250ms" });
+    const late = connect({ url: db.url }, { max: 1 });
+    try {
+      // its id is taken now, below the full host's; the row is seen only at commit, which sends no notification
+      let commit!: () => void;
+      const committed = new Promise<void>((resolve) => (commit = resolve));
+      let id = "";
+      const transaction = late.begin(async (tx) => {
+        id = (await tx`
+          insert into net.http_request_queue (method, url, headers, timeout_milliseconds)
+          values ('GET', ${other.url("/echo")}, '{}', 5000) returning id::text
+        `)[0]!.id as string;
+        await committed;
+      });
+      await waitFor(() => id !== "", 5000, "the late request's id");
+      await db.sql`
+        select net.http_get(${fixture.url("/delay/19000")}, timeout_milliseconds => 30000) from generate_series(1, 50)
+      `;
+      await waitFor(() => fixture.received("/delay/19000").length === 2, 5000, "the full host's share in flight");
+      await waitFor(() => worker.status().waitingForHost > 0, 5000, "requests waiting for the full host");
+      await new Promise((r) => setTimeout(r, 300)); // the claims past the full host have read its 50 rows
+      commit();
+      await transaction;
+      await allStored([id], 8000, "the late request's response");
+      expect(fixture.received("/delay/19000")).toHaveLength(2);
+    } finally {
+      await late.end();
+      await worker.stop({ timeout: 100 });
+      await forgetRequests(db.sql);
+    }
   });
 
   test("a rate limit of 20/s over 100 requests takes about 5 s and never exceeds 20 in any second", async () => {

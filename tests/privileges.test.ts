@@ -454,7 +454,7 @@ describe("upgrading in place", () => {
       await old.sql`update net.http_request_queue set not_before = now() + interval '1 hour', attempts = 1,
                       retried = 1, last_error = 'HTTP 503' where id = ${c!.id}`;
       await old.sql`update net.http_request_queue set attempts = 2 where id = ${d!.id}`;
-      expect((await install(old.sql)).applied).toEqual([10, 11]);
+      expect((await install(old.sql)).applied).toEqual([10, 11, 12]);
       const queued = await old.sql`select id from net.http_request_queue`;
       expect(queued.map((r) => r.id)).toEqual([a!.id]);
       const held = await old.sql`

@@ -383,14 +383,20 @@ describe("enqueueing", () => {
 });
 
 describe("wake", () => {
-  test("a commit wakes the worker once, however many requests it queued; a rollback never does", async () => {
+  test("a commit wakes the worker once, with its first request's id; a rollback never does", async () => {
     const seen: string[] = [];
-    const listener = rawClient(db.url, { max: 1, onnotify: (channel: string) => seen.push(channel) } as never);
+    const payloads: string[] = [];
+    const listener = rawClient(db.url, {
+      max: 1,
+      onnotify: (channel: string, payload: string) => seen.push(channel) && payloads.push(payload),
+    } as never);
     await listener`listen pgnet_wake`;
     try {
-      await db.sql.begin(async (tx) => {
-        await tx`select net.http_get('http://localhost/a'), net.http_get('http://localhost/b')`;
+      const first = await db.sql.begin(async (tx) => {
+        const [row] =
+          await tx`select net.http_get('http://localhost/a')::text as a, net.http_get('http://localhost/b')`;
         await tx`select net.http_post('http://localhost/c')`;
+        return row!.a as string;
       });
       await waitFor(() => seen.length === 1, 5000, "the first wake");
       await db.sql.begin(async (tx) => {
@@ -402,6 +408,8 @@ describe("wake", () => {
       await db.sql`select net.wake()`;
       await waitFor(() => seen.length === 2, 5000, "the second wake");
       expect(seen).toEqual(["pgnet_wake", "pgnet_wake"]);
+      // the worker reads the queue from the id before the first (sql/0012); net.wake() names none
+      expect(payloads).toEqual([first, ""]);
     } finally {
       await listener.end();
     }
@@ -410,18 +418,22 @@ describe("wake", () => {
   test("a savepoint rolled back takes its wake with it, and each transaction on a session wakes again", async () => {
     // the enqueue notifies once a transaction and marks it (sql/0009): the mark must go where the notify goes
     const seen: string[] = [];
-    const listener = rawClient(db.url, { max: 1, onnotify: (channel: string) => seen.push(channel) } as never);
+    const listener = rawClient(
+      db.url,
+      { max: 1, onnotify: (_: string, payload: string) => seen.push(payload) } as never,
+    );
     const session = rawClient(db.url, { max: 1 });
     await listener`listen pgnet_wake`;
     try {
-      await session.begin(async (tx) => {
+      const kept = await session.begin(async (tx) => {
         await tx.savepoint(async (sp) => {
           await sp`select net.http_get('http://localhost/rolled-back')`;
           throw new Error("roll back to the savepoint");
         }).catch(() => {});
-        await tx`select net.http_get('http://localhost/kept')`;
+        return (await tx`select net.http_get('http://localhost/kept')::text as id`)[0]!.id as string;
       });
       await waitFor(() => seen.length === 1, 5000, "the wake of the kept request");
+      expect(seen).toEqual([kept]); // the rolled-back request's id went with its wake
       for (const path of ["next", "after"]) {
         await session`select net.http_get(${`http://localhost/${path}`})`;
         await waitFor(() => seen.length === (path === "next" ? 2 : 3), 5000, `the wake of /${path}`);
@@ -438,7 +450,11 @@ describe("wake", () => {
 
   test("net.http_request marks its transaction as woken too (sql/0011), and a rolled-back savepoint unmarks it", async () => {
     const seen: string[] = [];
-    const listener = rawClient(db.url, { max: 1, onnotify: (channel: string) => seen.push(channel) } as never);
+    const payloads: string[] = [];
+    const listener = rawClient(db.url, {
+      max: 1,
+      onnotify: (channel: string, payload: string) => seen.push(channel) && payloads.push(payload),
+    } as never);
     const session = rawClient(db.url, { max: 1 });
     await listener`listen pgnet_wake`;
     const woken = async (sql: (strings: TemplateStringsArray) => Promise<unknown>) =>
@@ -450,14 +466,15 @@ describe("wake", () => {
           throw new Error("roll back to the savepoint");
         }).catch(() => {});
         const afterRollback = await woken(tx);
-        await tx`select net.http_request('http://localhost/kept', 'PATCH', body => 'x')`;
+        const [kept] = await tx`select net.http_request('http://localhost/kept', 'PATCH', body => 'x')::text as id`;
         const afterRequest = await woken(tx);
         await tx`select net.http_get('http://localhost/kept-too')`; // sees the mark: no second notify to build
-        return [afterRollback, afterRequest];
+        return [afterRollback, afterRequest, kept!.id as string];
       });
       expect(marks[0]).not.toBe("yes");
       expect(marks[1]).toBe("yes");
       await waitFor(() => seen.length === 1, 5000, "the wake of the kept requests");
+      expect(payloads).toEqual([marks[2]!]); // net.http_request's wake carries its id too (sql/0012)
       expect(await woken(session)).not.toBe("yes"); // the mark went with the transaction
       await session`select net.http_request('http://localhost/next', 'DELETE')`;
       await waitFor(() => seen.length === 2, 5000, "the wake of the next transaction");

@@ -345,6 +345,38 @@ describe("waking", () => {
     expect((await unanswered(db.sql)).n).toBe(0);
   });
 
+  test("a request committed after later ones were claimed is claimed at once: its wake carries its id", async () => {
+    // no poll during the test: only the notifications can send the claims back to a row behind them
+    worker = await startWorker(db.url, { "poll-interval": "1h" });
+    const late = connect({ url: db.url }, { max: 1 });
+    try {
+      // the late transaction takes its id first and commits after a later request was claimed and answered
+      await late.unsafe("begin");
+      const early = await enqueue(late`select net.http_get(${fixture.url("/status/205")}) as id`);
+      const later = await enqueue(db.sql`select net.http_get(${fixture.url("/status/206")}) as id`);
+      expect((await responseFor(db.sql, later)).status_code).toBe(206);
+      await late.unsafe("commit");
+      expect((await responseFor(db.sql, early)).status_code).toBe(205);
+
+      // a row inserted directly sends no notification: behind the claims, it waits for them to start over
+      await late.unsafe("begin");
+      const direct = await enqueue(late`
+        insert into net.http_request_queue (method, url, timeout_milliseconds)
+        values ('GET', ${fixture.url("/status/207")}, 5000) returning id
+      `);
+      const after = await enqueue(db.sql`select net.http_get(${fixture.url("/status/208")}) as id`);
+      expect((await responseFor(db.sql, after)).status_code).toBe(208);
+      await late.unsafe("commit");
+      await new Promise((r) => setTimeout(r, 300));
+      expect(fixture.received("/status/207")).toHaveLength(0);
+      // any notification that is not an id (anyone may send one) sends the next claim to the head
+      await db.sql`select pg_notify('pgnet_wake', 'not an id')`;
+      expect((await responseFor(db.sql, direct)).status_code).toBe(207);
+    } finally {
+      await late.end();
+    }
+  });
+
   test("rows inserted directly into the queue are processed without a wake", async () => {
     worker = await startWorker(db.url, { "poll-interval": "100ms" });
     const id = await enqueue(db.sql`
