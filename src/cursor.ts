@@ -74,8 +74,8 @@ export class QueueCursor {
   }
 
   /** What the claim that began at `read` (the last next()) read. */
-  advance(read: QueueRead, result: ReadResult | undefined): void {
-    if (!result?.after) return;
+  advance(read: QueueRead, result: ReadResult): void {
+    if (result.after === null) return;
     let after = BigInt(result.after);
     if (this.#floor !== null && this.#floor < after) after = this.#floor;
     const point = read.hosts.length === 0 ? this.#head : this.#pass;

@@ -235,9 +235,11 @@ export class Queue {
     const pass = skipHosts.length > 0;
     const skipped = skipHosts.join(" ");
     const skip = () =>
-      skipHosts.length === 0 ? this.#sql`` : this.#sql`
+      pass
+        ? this.#sql`
            and coalesce(lower(substring(url from ${HOST_PATTERN}::text)), '')
-               <> all(string_to_array(${skipped}::text, ' '))`;
+               <> all(string_to_array(${skipped}::text, ' '))`
+        : this.#sql``;
     const size = () =>
       this.#sql`octet_length(url)::bigint
                + coalesce(case when pg_column_size(headers) > 2048 then octet_length(headers::text)
@@ -268,23 +270,21 @@ export class Queue {
          where id > ${read.after}::bigint
          order by id
          limit ${QUEUE_SCAN_ROWS}::int
-      ), candidates as (
+      ),`
+        : this.#sql``
+    } candidates as (
         select id, ${size()} as bytes
           from net.http_request_queue
-         where id = any(array(select id from scan)) ${skip()}
+         where ${
+      pass
+        ? this.#sql`id = any(array(select id from scan)) ${skip()}`
+        // src/cursor.ts: not through the index entries of rows claimed before
+        : this.#sql`id > ${read.after}::bigint`
+    }
          order by id
          limit greatest(${limit}::int - (select count(*) from due), 0)
            for update skip locked
-      ),`
-        : this.#sql`candidates as (
-        select id, ${size()} as bytes
-          from net.http_request_queue
-         where id > ${read.after}::bigint -- src/cursor.ts: not through the index entries of rows claimed before
-         order by id
-         limit greatest(${limit}::int - (select count(*) from due), 0)
-           for update skip locked
-      ),`
-    } fresh as (
+      ), fresh as (
         -- the move copies each row inside PostgreSQL: at most CLAIM_MOVE_BYTES a claim, and always one row
         select id, bytes
           from (select id, bytes, sum(bytes) over (order by id) - bytes as before from candidates) c
