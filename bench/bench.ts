@@ -235,6 +235,9 @@ async function costs(run: Run): Promise<Partial<Record<Cost, number>>> {
   return result;
 }
 
+/** The 1 KB JSON body of the POST scenarios (the throughput, the enqueue and the ceiling). */
+const POST_BODY = { data: "x".repeat(1000) };
+
 /**
  * Requests/s from the commit of N requests until the last response row is stored, and the same counted from the
  * start of the statement that enqueued them (the enqueue is paid in the caller's transaction).
@@ -247,7 +250,7 @@ async function throughput(
 ): Promise<{ rate: number; withEnqueue: number } & Partial<Record<Cost, number>>> {
   const run = await setup(ctx, unlogged);
   try {
-    const body = JSON.stringify({ data: "x".repeat(1000) });
+    const body = JSON.stringify(POST_BODY);
     const before = await costs(run);
     const started = performance.now();
     if (method === "GET") await run.sql`select net.http_get(${`${ctx.target}/fast`}) from generate_series(1, ${n})`;
@@ -315,7 +318,7 @@ async function enqueueCost(
     const url = `${ctx.target}/fast`;
     return await db.sql.begin(async (tx) => {
       await tx`set local role pgnet_bench_caller`;
-      const body = JSON.stringify({ data: "x".repeat(1000) });
+      const body = JSON.stringify(POST_BODY);
       const call = (count: number) =>
         method === "GET"
           ? tx`select count(net.http_get(${url})) from generate_series(1, ${count})`
@@ -383,16 +386,29 @@ async function setupWithStatus(ctx: Context): Promise<{ run: Run; port: number }
   return { run, port };
 }
 
+/** Requests a pgnet serves before latency() samples it, and a process's round trips before roundTrips() times them. */
+const WARM_UP = 10_000;
+
 /**
  * Commit → stored, one request at a time, each committed `idleMs` after the last was stored (0: back to back), and
  * where it went, from pgnet's /metrics around each sample: the claim statement, the HTTP request, the store
  * statement, and the rest (the NOTIFY reaching pgnet, pgnet's own scheduling, the stored rows' NOTIFY reaching the
  * benchmark). Only samples with exactly one claim and one store (no poll claim in between) count in the split.
+ * The first request pgnet serves is timed apart (`first`): it also pays for what a process and its connections do
+ * once (a pooled connection preparing pgnet's statements, the first connection to the target, code run for the
+ * first time), and was the slowest sample of every run (32 – 34 ms against 6 – 17). Then pgnet serves WARM_UP
+ * requests, as a pgnet that has served traffic has, before the samples: its code is compiled by then. Without
+ * that, samples after idle measured a pgnet that had served 40 requests, whose HTTP client alone took 2.4 ms
+ * (0.9 ms in a process that had sent 3,000 requests, 0.7 ms with fetch, idle as long).
  */
 async function latency(ctx: Context, samples: number, idleMs = 0) {
   const { run, port } = await setupWithStatus(ctx);
   const split: Record<"claim" | "http" | "store" | "rest", number[]> = { claim: [], http: [], store: [], rest: [] };
   try {
+    const [first] = await oneAtATime(ctx, run, 1, idleMs);
+    await run.sql`select net.http_get(${`${ctx.target}/fast`}) from generate_series(1, ${WARM_UP})`;
+    await waitStored(run.stored, WARM_UP + 1, 60_000);
+    await oneAtATime(ctx, run, 200); // and the one-at-a-time path, back to back
     const times = await oneAtATime(ctx, run, samples, idleMs, {
       read: () => pgnetTotals(port),
       sample(before, after, ms) {
@@ -411,6 +427,7 @@ async function latency(ctx: Context, samples: number, idleMs = 0) {
       p50: percentile(times, 50),
       p95: percentile(times, 95),
       p99: percentile(times, 99),
+      first: first!,
       split: Object.fromEntries(Object.entries(split).map(([k, xs]) => [k, xs.length ? median(xs) : Number.NaN])),
     };
   } finally {
@@ -418,27 +435,33 @@ async function latency(ctx: Context, samples: number, idleMs = 0) {
   }
 }
 
+const TRIPS = ["select", "fetch", "client"] as const;
+type Trip = typeof TRIPS[number];
+
 /**
- * The machine's own cost of a round trip without pgnet, for comparison with the split above: medians of a
- * `select 1` on a pooled connection and of a GET to the target from this process (its keep-alive connection),
- * each `idleMs` after the last (the two alternate), or back to back.
+ * The machine's own cost of a round trip without pgnet's worker, for comparison with the split above: medians of a
+ * `select 1` on a pooled connection, of a GET to the target from this process with the runtime's fetch, and of
+ * one with pgnet's HTTP client (src/http.ts, node:http), each on its keep-alive connection and run a few thousand
+ * times first, each `idleMs` after the last (the three take turns), or back to back.
  */
-async function roundTrips(ctx: Context, samples: number, idleMs: number): Promise<{ select: number; fetch: number }> {
-  const times: Record<"select" | "fetch", number[]> = { select: [], fetch: [] };
-  const trip = {
+async function roundTrips(ctx: Context, samples: number, idleMs: number): Promise<Record<Trip, number>> {
+  const times: Record<Trip, number[]> = { select: [], fetch: [], client: [] };
+  const request = { id: "1", method: "GET", url: `${ctx.target}/fast`, headers: {}, body: null, timeoutMs: 5000 };
+  const trip: Record<Trip, () => Promise<unknown>> = {
     select: () => ctx.admin`select 1`,
     fetch: () => fetch(`${ctx.target}/fast`).then((r) => r.arrayBuffer()),
+    client: () => performRequest(request, { maxResponseBytes: 1 << 20 }),
   };
-  await trip.select(); // both connections open
-  await trip.fetch();
-  for (let i = 0; i < 2 * samples; i++) {
-    const kind = i % 2 === 0 ? "select" : "fetch";
+  // every connection open, and each path run as often as pgnet's are before latency()'s samples (WARM_UP)
+  for (let i = 0; i < WARM_UP; i++) await trip[TRIPS[i % TRIPS.length]!]();
+  for (let i = 0; i < TRIPS.length * samples; i++) {
+    const kind = TRIPS[i % TRIPS.length]!;
     if (idleMs > 0) await Bun.sleep(idleMs);
     const started = performance.now();
     await trip[kind]();
     times[kind].push(performance.now() - started);
   }
-  return { select: median(times.select), fetch: median(times.fetch) };
+  return { select: median(times.select), fetch: median(times.fetch), client: median(times.client) };
 }
 
 /**
@@ -657,19 +680,25 @@ const ceilingPolicy = () =>
  * run as pgnet is: run in this one, after the other scenarios, it measured 11,586 req/s where a fresh process got
  * 16,265 from the same target (the target itself answers ten runs of 100,000 in a row at the same rate).
  */
-async function ceiling(target: string, n: number, window: number, policy: boolean): Promise<number> {
-  const args = ["bench/bench.ts", "ceiling", target, String(n), String(window), policy ? "policy" : "none"];
+async function ceiling(target: string, n: number, window: number, policy: boolean, method = "GET"): Promise<number> {
+  const args = ["bench/bench.ts", "ceiling", target, String(n), String(window), policy ? "policy" : "none", method];
   const { child, match } = await startProcess(args, /^ceiling ([0-9.]+)\n/m);
   await stop(child);
   return Number(match[1]);
 }
 
-/** The ceiling's own process: `bun bench/bench.ts ceiling <target> <n> <window> <policy|none>`. */
-async function runCeiling([target, n, window, policy]: string[]): Promise<void> {
+/**
+ * The ceiling's own process: `bun bench/bench.ts ceiling <target> <n> <window> <policy|none> <GET|POST>`. A POST
+ * sends what net.http_post sends for the throughput scenario's 1 KB body: jsonb's text of it, as JSON.
+ */
+async function runCeiling([target, n, window, policy, method]: string[]): Promise<void> {
   const options = {
     maxResponseBytes: 1 << 20,
     ...(policy === "policy" ? { resolve: guardedResolve(ceilingPolicy(), systemResolve) } : {}),
   };
+  const post = method === "POST";
+  const body = post ? new TextEncoder().encode(JSON.stringify(POST_BODY).replace(":", ": ")) : null;
+  const headers = post ? { "Content-Type": "application/json" } : {};
   let next = 0;
   const total = Number(n);
   const started = performance.now();
@@ -677,7 +706,7 @@ async function runCeiling([target, n, window, policy]: string[]): Promise<void> 
     while (next < total) {
       const id = String(++next);
       await performRequest(
-        { id, method: "GET", url: `${target}/fast`, headers: {}, body: null, timeoutMs: 5000 },
+        { id, method: post ? "POST" : "GET", url: `${target}/fast`, headers, body, timeoutMs: 5000 },
         options,
       );
     }
@@ -823,23 +852,25 @@ async function main(): Promise<void> {
       for (let i = 0; i < runs; i++) {
         const l = await latency(ctx, samples, idleMs);
         for (const p of ps) add(p, l[p as "p50" | "p95" | "p99"]);
+        add("first", l.first);
         // a run whose samples all had a poll claim in between has no split
         for (const [k, v] of Object.entries(l.split)) if (Number.isFinite(v)) add(k, v);
       }
       for (const p of ps) report(`latency ${p} ${name} (ms)`, stat(figures[p]!));
+      if (idleMs > 0) report(`latency of the first request pgnet serves, ${name} (ms)`, stat(figures.first!));
       for (const k of ["claim", "http", "store", "rest"]) {
         if (figures[k]) report(`${label}, median ${k} (ms)`, stat(figures[k]));
       }
     };
     const trips = async (label: string, samples: number, idleMs: number) => {
-      const figures = { select: [] as number[], fetch: [] as number[] };
+      const figures: Record<Trip, number[]> = { select: [], fetch: [], client: [] };
       for (let i = 0; i < runs; i++) {
         const t = await roundTrips(ctx, samples, idleMs);
-        figures.select.push(Math.round(t.select * 100) / 100);
-        figures.fetch.push(Math.round(t.fetch * 100) / 100);
+        for (const kind of TRIPS) figures[kind].push(Math.round(t[kind] * 100) / 100);
       }
       report(`${label}, without pgnet: one select 1 (ms)`, stat(figures.select));
       report(`${label}, without pgnet: one GET to the target (ms)`, stat(figures.fetch));
+      report(`${label}, without pgnet: one GET to the target, pgnet's HTTP client (ms)`, stat(figures.client));
     };
     if (only.has("afteridle")) {
       await latencies("after 2.5 s idle", "after 2.5 s idle", quick ? 3 : 40, 2500, ["p50", "p99"]);
@@ -917,6 +948,10 @@ async function main(): Promise<void> {
         await repeat(() => ceiling(target, n, window, false)),
       );
       report(`target ceiling with the egress policy (req/s)`, await repeat(() => ceiling(target, n, window, true)));
+      report(
+        `target ceiling, POST 1KB, pgnet's HTTP client, window ${window} (req/s)`,
+        await repeat(() => ceiling(target, n, window, false, "POST")),
+      );
     }
     if (only.has("idle")) report("idle statements per 5 s poll", await idleStatements(ctx, quick ? 10 : 30));
   } finally {
