@@ -13,7 +13,15 @@ import { HostLimits, type HostLimitSettings, ruleFor } from "./limits.ts";
 import { CONTROL_CHANNEL, Listener, WAKE_CHANNEL } from "./listener.ts";
 import type { Logger } from "./log.ts";
 import { FailureLog, type Finished, Metrics } from "./metrics.ts";
-import { type Claimed, Queue, QUEUE_SCAN_ROWS, type QueueDepth, readQueueDepth, type ResponseRow } from "./queue.ts";
+import {
+  type Claimed,
+  PLAN_SETTINGS,
+  Queue,
+  QUEUE_SCAN_ROWS,
+  type QueueDepth,
+  readQueueDepth,
+  type ResponseRow,
+} from "./queue.ts";
 import { releaseMemory } from "./runtime.ts";
 import { decide, parseRetryPolicy, type RetryPolicy } from "./retry.ts";
 import { WORKER_ROLE } from "./version.ts";
@@ -353,6 +361,7 @@ export class Worker {
       idle_timeout: 60,
       connection: {
         ...session,
+        ...PLAN_SETTINGS, // src/queue.ts: the statements' generic plans, never planned again for each call
         lock_timeout: lockTimeoutMs,
         statement_timeout: statementTimeoutMs,
       },

@@ -46,7 +46,7 @@ run_tests "$@"
 # embedded-postgres's packages (package.json's postgresql-NN). Only when no arguments narrow the run.
 if [ $# -eq 0 ] && [ "${PGNET_MATRIX:-on}" != "off" ]; then
   matrix=(tests/sql_api.test.ts tests/worker.test.ts tests/privileges.test.ts tests/request_api.test.ts
-    tests/delivery.test.ts tests/installer.test.ts tests/migration.test.ts tests/databases.test.ts)
+    tests/delivery.test.ts tests/installer.test.ts tests/migration.test.ts tests/databases.test.ts tests/plans.test.ts)
   for major in 14 15 16 17; do
     dir="$PWD/node_modules/postgresql-$major/native/bin"
     [ -x "$dir/postgres" ] || fail "PostgreSQL $major (npm package postgresql-$major) is missing: run npm ci"

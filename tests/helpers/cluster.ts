@@ -20,16 +20,19 @@ interface Cluster {
 let started: Promise<Cluster> | undefined;
 /** a second server, for tests of one pgnet serving databases on two servers */
 let second: Promise<Cluster> | undefined;
+/** a server that counts how often each statement is planned and run (pg_stat_statements), for tests/plans */
+let tracked: Promise<Cluster> | undefined;
+const TRACKING = { shared_preload_libraries: "pg_stat_statements", "pg_stat_statements.track_planning": "on" };
 let counter = 0;
 
-async function startCluster(): Promise<Cluster> {
+async function startCluster(extra: Record<string, string> = {}): Promise<Cluster> {
   const root = mkdtempSync(join(tmpdir(), "pgnet-test-"));
   chmodSync(root, 0o755); // the server runs as another account when tests run as root
   const pg = new EmbeddedPostgres({
     dataDir: join(root, "data"),
     port: await freePort(),
     // tests value speed over durability against OS crashes; PostgreSQL crashes are still recovered from WAL
-    settings: { fsync: "off", synchronous_commit: "off", full_page_writes: "off", max_connections: "300" },
+    settings: { fsync: "off", synchronous_commit: "off", full_page_writes: "off", max_connections: "300", ...extra },
   });
   pg.initialise();
   pg.start();
@@ -70,11 +73,18 @@ export interface TestDatabase {
   drop(): Promise<void>;
 }
 
-/** A fresh database with the SQL API installed; `server: "second"` puts it on another PostgreSQL server. */
+/**
+ * A fresh database with the SQL API installed; `server: "second"` puts it on another PostgreSQL server, `"tracked"`
+ * on one with pg_stat_statements loaded (the extension is not created in the database).
+ */
 export async function createDatabase(
-  options: { installed?: boolean; server?: "first" | "second" } = {},
+  options: { installed?: boolean; server?: "first" | "second" | "tracked" } = {},
 ): Promise<TestDatabase> {
-  const owner = options.server === "second" ? await (second ??= startCluster()) : await cluster();
+  const owner = options.server === "second"
+    ? await (second ??= startCluster())
+    : options.server === "tracked"
+    ? await (tracked ??= startCluster(TRACKING))
+    : await cluster();
   const { pg, admin } = owner;
   const name = `test_${process.pid}_${++counter}`;
   await admin.unsafe(`create database ${name}${options.installed === false ? "" : ` template ${TEMPLATE}`}`);
@@ -105,7 +115,7 @@ export function rawClient(url: string, options: postgres.Options<Record<string, 
 }
 
 export async function stopCluster(): Promise<void> {
-  for (const cluster of [started, second]) {
+  for (const cluster of [started, second, tracked]) {
     const running = await cluster?.catch(() => null); // a cluster that failed to start stopped itself
     if (!running) continue;
     const { pg, root, admin } = running;
@@ -115,4 +125,5 @@ export async function stopCluster(): Promise<void> {
   }
   started = undefined;
   second = undefined;
+  tracked = undefined;
 }
