@@ -361,7 +361,7 @@ export class Worker {
       idle_timeout: 60,
       connection: {
         ...session,
-        ...PLAN_SETTINGS, // src/queue.ts: the statements' generic plans, never planned again for each call
+        ...PLAN_SETTINGS, // src/queue.ts: generic plans, by index, never planned again for each call
         lock_timeout: lockTimeoutMs,
         statement_timeout: statementTimeoutMs,
       },
