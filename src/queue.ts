@@ -144,16 +144,16 @@ const READY_COUNT_LIMIT = 10_000;
 // PLAN_SETTINGS: PostgreSQL keeps that generic plan only while it costs no more than the custom plans it made
 // first, and a `limit` parameter is costed as a tenth of the table it reads: once net._http_response held 110,000
 // rows, the claim's generic plan cost 186 against 55 for a custom one, so every claim was planned anew (1.2 ms of
-// planning for 0.3 ms of execution), and a claim with nothing to do took 2.1 ms back to back instead of 0.55 (3.9
-// instead of 1.7 after 2.5 s idle). pgnet's sessions use the generic plans always, and without sequential scans:
-// a generic plan made while a table was nearly empty scans it, and keeps scanning it once a burst has left
-// thousands of dead rows there (10,000 requests through a new database: a claim of one request took 1.9 – 2.3 ms
-// with that plan, 1.9 – 2.9 with PostgreSQL choosing, 0.8 with neither seqscan nor custom plans). Every
-// statement has an index for what it reads (TABLE_PLANS); one with no index for its condition (pruning
-// net._worker_restarts) still gets a scan. Tests in tests/plans.test.ts: 2 plans for 54 claims, 20 buffers a
-// claim after a burst (234 with sequential scans). EXPIRY_PLAN: the rows to delete are listed by their addresses,
-// not joined, which a generic plan with sequential scans made a hash join over a scan of the whole table whenever
-// one had expired (430 buffers a claim against 144).
+// planning for 0.3 ms of execution): a claim with nothing to do took 2.1 – 2.4 ms back to back (3.9 after 2.5 s
+// idle), 0.7 – 1.1 with the generic plan kept (1.7 – 1.8), 0.55 with few responses stored. pgnet's sessions use
+// the generic plans always, and without sequential scans: a generic plan made while a table was nearly empty
+// scans it, and keeps scanning it once a burst has left thousands of dead rows there (10,000 requests through a
+// new database: a claim of one request took 1.9 – 2.3 ms with that plan, 1.9 – 2.9 with PostgreSQL choosing, 0.8
+// with neither seqscan nor custom plans). Every statement has an index for what it reads (TABLE_PLANS); one with
+// no index for its condition (pruning net._worker_restarts) still gets a scan. Tests in tests/plans.test.ts: 2
+// plans for 54 claims, 20 buffers a claim after a burst (234 with sequential scans). EXPIRY_PLAN: the rows to
+// delete are listed by their addresses, not joined, which a generic plan with sequential scans made a hash join
+// over a scan of the whole table whenever one had expired (430 buffers a claim against 144).
 export const PLAN_SETTINGS = { plan_cache_mode: "force_generic_plan", enable_seqscan: "off" } as const;
 /** limits.ts's urlHost() in PostgreSQL's regular expressions: substring() returns the host group */
 export const HOST_PATTERN = "^[A-Za-z][A-Za-z0-9+.-]*://(?:[^/?#@]*@)?(\\[[^]/?#]*\\]|[^:/?#]*)";
