@@ -56,18 +56,15 @@ test(
     // stored responses: 98,000 from the last hour and 2,000 past the default TTL of 6 hours, which the claims expire
     // 200 at a time (ids below the queue's, which start at 1)
     await db.sql`
-    insert into net._http_response (id, status_code, content, created, enqueued_by)
-    select -g, 200, 'ok', now() - case when g <= 2000 then interval '7 hours' else interval '1 hour' end, current_user
-      from generate_series(1, 100000) g
-  `;
+      insert into net._http_response (id, status_code, content, created, enqueued_by)
+      select -g, 200, 'ok', now() - case when g <= 2000 then interval '7 hours' else interval '1 hour' end, current_user
+        from generate_series(1, 100000) g
+    `;
     await db.sql`analyze net._http_response`;
     await db.sql`select pg_stat_statements_reset()`;
     const worker = await startWorker(db.url);
     try {
-      for (let i = 0; i < 40; i++) {
-        const [row] = await db.sql<{ id: string }[]>`select net.http_get(${fixture.url(`/echo?n=${i}`)}) as id`;
-        expect((await responseFor(db.sql, row!.id)).status_code).toBe(200);
-      }
+      await oneAtATime(40);
     } finally {
       await worker.stop({ timeout: 1000 });
     }
@@ -82,10 +79,10 @@ test(
     expect(stores.plans).toBeLessThan(stores.calls / 4);
     // every expired response is gone, and only those
     const [left] = await db.sql<{ old: number; recent: number }[]>`
-    select count(*) filter (where created < now() - interval '6 hours')::int as old,
-           count(*) filter (where id < 0 and created >= now() - interval '6 hours')::int as recent
-      from net._http_response
-  `;
+      select count(*) filter (where created < now() - interval '6 hours')::int as old,
+             count(*) filter (where id < 0 and created >= now() - interval '6 hours')::int as recent
+        from net._http_response
+    `;
     expect(left).toEqual({ old: 0, recent: 98_000 });
     // the claims found those 2,000 by the created index and deleted them by address, 144 buffers a claim on
     // average; with sequential scans allowed, a join of the table to its oldest rows was planned as a hash join over
