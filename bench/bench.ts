@@ -96,6 +96,8 @@ interface Context {
   target: string;
   counter: number;
   pgnetEnv: Record<string, string>;
+  /** requests a pgnet serves, and round trips a process makes, before their samples: WARM_UP, less with --quick */
+  warmUp: number;
   /** the embedded server's log, when the benchmark started the server */
   serverLog?: string;
 }
@@ -406,17 +408,17 @@ const WARM_UP = 10_000;
  * The first request pgnet serves is timed apart (`first`): it also pays for what a process and its connections do
  * once (a pooled connection preparing pgnet's statements, the first connection to the target, code run for the
  * first time), and was the slowest sample of every run (32 – 34 ms against 6 – 17). Then pgnet serves WARM_UP
- * requests, as a pgnet that has served traffic has, before the samples: its code is compiled by then. Without
- * that, samples after idle measured a pgnet that had served 40 requests, whose HTTP client alone took 2.4 ms
- * (0.9 ms in a process that had sent 3,000 requests, 0.7 ms with fetch, idle as long).
+ * requests (ctx.warmUp: fewer with --quick), as a pgnet that has served traffic has, before the samples: its code
+ * is compiled by then. Without that, samples after idle measured a pgnet that had served 40 requests, whose HTTP
+ * client alone took 2.4 ms (0.9 ms in a process that had sent 3,000 requests, 0.7 ms with fetch, idle as long).
  */
 async function latency(ctx: Context, samples: number, idleMs = 0) {
   const { run, port } = await setupWithStatus(ctx);
   const split: Record<"claim" | "http" | "store" | "rest", number[]> = { claim: [], http: [], store: [], rest: [] };
   try {
     const [first] = await oneAtATime(ctx, run, 1, idleMs);
-    await run.sql`select net.http_get(${`${ctx.target}/fast`}) from generate_series(1, ${WARM_UP})`;
-    await waitStored(run.stored, WARM_UP + 1, 60_000);
+    await run.sql`select net.http_get(${`${ctx.target}/fast`}) from generate_series(1, ${ctx.warmUp})`;
+    await waitStored(run.stored, ctx.warmUp + 1, 60_000);
     await oneAtATime(ctx, run, 200); // and the one-at-a-time path, back to back
     const times = await oneAtATime(ctx, run, samples, idleMs, {
       read: () => pgnetTotals(port),
@@ -462,7 +464,7 @@ async function roundTrips(ctx: Context, samples: number, idleMs: number): Promis
     client: () => performRequest(request, { maxResponseBytes: 1 << 20 }),
   };
   // every connection open, and each path run as often as pgnet's are before latency()'s samples (WARM_UP)
-  for (let i = 0; i < WARM_UP; i++) await trip[TRIPS[i % TRIPS.length]!]();
+  for (let i = 0; i < ctx.warmUp; i++) await trip[TRIPS[i % TRIPS.length]!]();
   for (let i = 0; i < TRIPS.length * samples; i++) {
     const kind = TRIPS[i % TRIPS.length]!;
     if (idleMs > 0) await Bun.sleep(idleMs);
@@ -800,6 +802,7 @@ async function main(): Promise<void> {
     target,
     counter: 0,
     pgnetEnv,
+    warmUp: quick ? 1000 : WARM_UP,
     ...(embedded ? { serverLog: join(embedded.dataDir, "server.log") } : {}),
   };
   const results: Record<string, unknown> = {};
@@ -881,8 +884,8 @@ async function main(): Promise<void> {
       report(`${label}, without pgnet: one GET to the target, pgnet's HTTP client (ms)`, stat(figures.client));
     };
     if (only.has("afteridle")) {
-      await latencies("after 2.5 s idle", "after 2.5 s idle", quick ? 3 : 40, 2500, ["p50", "p99"]);
-      await trips("after 2.5 s idle", quick ? 2 : 10, 2500);
+      await latencies("after 2.5 s idle", "after 2.5 s idle", quick ? 2 : 40, 2500, ["p50", "p99"]);
+      await trips("after 2.5 s idle", quick ? 1 : 10, 2500);
     }
     if (only.has("latency")) {
       await latencies("commit→stored", "back to back", quick ? 100 : 1000, 0, ["p50", "p95", "p99"]);

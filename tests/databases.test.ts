@@ -5,7 +5,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { Fleet } from "../src/fleet.ts";
 import { install } from "../src/installer.ts";
-import { PgnetProcess } from "./helpers/binary.ts";
+import { inProcess, PgnetProcess } from "./helpers/binary.ts";
 import { createDatabase, type TestDatabase } from "./helpers/cluster.ts";
 import { Fixture } from "./helpers/fixture.ts";
 import { forgetRequests, memoryLogger, responseFor, startWorker, unanswered, waitFor } from "./helpers/worker.ts";
@@ -172,7 +172,7 @@ describe("one process, several databases", () => {
   });
 });
 
-describe("fairness", () => {
+inProcess.describe("fairness", () => {
   test("100 requests in one database are done while another database's backlog of 10,000 still waits", async () => {
     const log = memoryLogger();
     // a small window and slow answers for the backlog make its drain take seconds
@@ -235,7 +235,7 @@ describe("pg_net's settings", () => {
     }
   });
 
-  test("pg_net.username names the role pgnet's statements run as, read again on restart; never a superuser", async () => {
+  inProcess.test("pg_net.username names the role pgnet's statements run as, read again on restart; never a superuser", async () => {
     const d = await createDatabase();
     const role = `pgnet_runner_${process.pid}`;
     const outsider = `pgnet_outsider_${process.pid}`;

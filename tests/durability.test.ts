@@ -5,7 +5,7 @@ import { afterAll, beforeAll, expect, test } from "bun:test";
 import { readFileSync } from "node:fs";
 import { connect } from "../src/db.ts";
 import { install, uninstall } from "../src/installer.ts";
-import { cleanEnv, PgnetProcess } from "./helpers/binary.ts";
+import { cleanEnv, inProcess, PgnetProcess } from "./helpers/binary.ts";
 import { createDatabase, type TestDatabase } from "./helpers/cluster.ts";
 import { Fixture, header, type Received } from "./helpers/fixture.ts";
 import { memoryLogger, responseFor, startWorker, unanswered, waitFor } from "./helpers/worker.ts";
@@ -178,7 +178,7 @@ test("SIGTERM under load loses nothing: unfinished requests go back to the queue
   }
 }, 90_000);
 
-test("a connection whose first query fails cannot crash pgnet (postgres.js internal type query, #1192)", async () => {
+inProcess.test("a connection whose first query fails cannot crash pgnet (postgres.js internal type query, #1192)", async () => {
   // statement_timeout = 1ms cancels the first query of every session of this role
   const password = decodeURIComponent(new URL(db.url).password);
   await db.sql.unsafe(
@@ -202,7 +202,7 @@ test("a connection whose first query fails cannot crash pgnet (postgres.js inter
   }
 });
 
-test("two workers racing at a lease boundary both deliver; the second stores first, and its row is the one kept", async () => {
+inProcess.test("two workers racing at a lease boundary both deliver; the second stores first, and its row is the one kept", async () => {
   // A has one slot, so once its request is in flight it cannot claim the same row again: C must
   const a = await startWorker(db.url, { "poll-interval": "100ms", concurrency: "1" });
   try {
@@ -254,7 +254,7 @@ test("the whole window is in flight at once: 600 slow requests reach the target 
   }
 }, 30_000);
 
-test("the worker idles with one clear log line while schema net is gone or half there, and resumes after install", async () => {
+inProcess.test("the worker idles with one clear log line while schema net is gone or half there, and resumes after install", async () => {
   const logger = memoryLogger();
   const worker = await startWorker(db.url, { "poll-interval": "100ms" }, logger);
   const missing = () => logger.lines.filter((l) => l.includes("schema net is missing or incomplete")).length;

@@ -6,7 +6,7 @@ import { readFileSync } from "node:fs";
 import { createStatusApp } from "../src/status.ts";
 import { readQueueDepth } from "../src/queue.ts";
 import type { Worker } from "../src/worker.ts";
-import { cleanEnv, PgnetProcess, RUNTIME } from "./helpers/binary.ts";
+import { cleanEnv, inProcess, PgnetProcess, RUNTIME } from "./helpers/binary.ts";
 import { createDatabase, type TestDatabase } from "./helpers/cluster.ts";
 import { Fixture, header } from "./helpers/fixture.ts";
 import { memoryLogger, responseFor, startWorker, unanswered, waitFor } from "./helpers/worker.ts";
@@ -46,7 +46,7 @@ function peakRssMiB(pid: number): number {
 }
 
 describe("large responses", () => {
-  test("six 60 MB responses committed together, then a small request: all seven get their rows", async () => {
+  inProcess.test("six 60 MB responses committed together, then a small request: all seven get their rows", async () => {
     const worker = await startWorker(db.url);
     try {
       const large = await ids(db.sql`
@@ -110,7 +110,7 @@ describe("large responses", () => {
   );
 });
 
-describe("poison rows", () => {
+inProcess.describe("poison rows", () => {
   let worker: Worker;
   beforeAll(async () => {
     worker = await startWorker(db.url, { "max-request-size": "8MiB" });
@@ -211,7 +211,7 @@ describe("a request whose worker keeps dying", () => {
     }
   }, 90_000);
 
-  test("a graceful stop does not count as an attempt", async () => {
+  inProcess.test("a graceful stop does not count as an attempt", async () => {
     const worker = await startWorker(db.url, { "max-attempts": "1" });
     const [id] = await ids(
       db.sql`select net.http_get(${fixture.url("/delay/30000")}, timeout_milliseconds => 0) as id`,
@@ -226,7 +226,7 @@ describe("a request whose worker keeps dying", () => {
   });
 });
 
-describe("locks held by other sessions", () => {
+inProcess.describe("locks held by other sessions", () => {
   test(
     "a table lock held for 20 s: /health says so, nothing is lost, everything is answered once it goes",
     async () => {
@@ -297,7 +297,7 @@ describe("locks held by other sessions", () => {
   }, 60_000);
 });
 
-describe("results the database refuses", () => {
+inProcess.describe("results the database refuses", () => {
   test("a response a constraint refuses becomes an error row saying why; the rest of its batch is stored", async () => {
     await db.sql`alter table net._http_response add constraint no_poison check (content not like '%poison%')`;
     const worker = await startWorker(db.url);

@@ -53,7 +53,8 @@ if [ $# -eq 0 ] && [ "${PGNET_MATRIX:-on}" != "off" ]; then
     echo "== tests: PostgreSQL $(pg_version "$dir"): ${matrix[*]}"
     PGNET_POSTGRES_BIN="$dir" PGNET_TEST_PG_MAJOR=$major run_tests "${matrix[@]}"
   done
-  # the end-to-end files again with pgnet itself under Deno (deno run main.ts instead of the compiled binary)
+  # the end-to-end files again with pgnet itself under Deno (deno run main.ts instead of the compiled binary); their
+  # tests that run pgnet's code in the test process skip themselves there (inProcess, tests/helpers/binary.ts)
   echo "== tests: pgnet under Deno $("$deno" --version | head -1 | cut -d' ' -f2): end-to-end files"
   PGNET_TEST_RUNTIME=deno run_tests tests/cli.test.ts tests/durability.test.ts tests/robustness.test.ts \
     tests/databases.test.ts

@@ -1,5 +1,6 @@
 // The compiled ./pgnet, built once per test run into a temporary directory, and ways to run it.
 
+import { describe, test } from "bun:test";
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import { chmodSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -25,6 +26,12 @@ export function removeTemporaryDirs(): void {
 /** The runtime the end-to-end tests run pgnet under: the compiled Bun binary, or main.ts under Deno. */
 export const RUNTIME: "bun" | "deno" = process.env.PGNET_TEST_RUNTIME === "deno" ? "deno" : "bun";
 export const DENO = join(ROOT, "node_modules", "@deno", "linux-x64-glibc", "deno");
+
+/**
+ * For the tests in the end-to-end files that run pgnet's code inside the test process (startWorker, a Fleet,
+ * postgres.js itself) rather than a pgnet process: the same under either runtime, so the Deno run skips them.
+ */
+export const inProcess = { test: test.skipIf(RUNTIME === "deno"), describe: describe.skipIf(RUNTIME === "deno") };
 
 /**
  * Path of a pgnet to run: a freshly compiled executable (compile.sh into a temporary directory), or, with
